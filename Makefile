@@ -1,0 +1,29 @@
+# servelab: the two commands that matter are `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install lint bench clean
+
+$(BIN)/servelab: pyproject.toml
+	@command -v uv >/dev/null 2>&1 || $(PY) -m pip install --quiet uv
+	uv venv --quiet --python $(PY) $(VENV)
+	uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/servelab
+
+## Bring up Redis + simulated Mixtral-8x7B + gateway on 127.0.0.1, load-test it, print the table.
+demo: install
+	$(BIN)/servelab demo
+
+## Run the test suite against real redis-server and real HTTP servers on 127.0.0.1.
+test: install
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache runs

@@ -1,0 +1,1 @@
+"""servelab: multi-tenant LLM gateway, vLLM-like simulator, load tests."""
