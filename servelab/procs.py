@@ -7,6 +7,7 @@ stopped by the PID we started, process group included, so nothing is left behind
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -78,17 +79,13 @@ class Child:
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """SIGTERM the group we started, then SIGKILL if it does not exit in time."""
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.popen.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.popen.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.popen.wait(timeout=5)
         if self._log_file is not None:
             self._log_file.close()  # type: ignore[attr-defined]
@@ -96,10 +93,8 @@ class Child:
 
     def kill9(self) -> None:
         """SIGKILL the group at once (tests use this to simulate a crashed process)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.popen.wait(timeout=5)
 
 

@@ -57,13 +57,20 @@ def start_redis(
     port = port or free_port()
     argv = [
         find_redis_server(),
-        "--bind", "127.0.0.1",
-        "--port", str(port),
-        "--dir", str(data_dir),
-        "--save", "",
-        "--appendonly", "yes" if appendonly else "no",
-        "--protected-mode", "yes",
-        "--daemonize", "no",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--protected-mode",
+        "yes",
+        "--daemonize",
+        "no",
     ]
     child = start("redis", argv, log_path=log_path or data_dir / "redis.log")
     wait_port("127.0.0.1", port)

@@ -51,8 +51,17 @@ def fast_upstream(spawn: Callable[..., Child]) -> Callable[..., str]:
     def _start(tokens: int = 16, ttft_ms: float = 0.0, itl_ms: float = 0.0, model: str = "fast") -> str:
         port = free_port()
         argv = python_module(
-            "loadtest.bench.upstream", "--port", str(port), "--tokens", str(tokens),
-            "--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms), "--model", model,
+            "loadtest.bench.upstream",
+            "--port",
+            str(port),
+            "--tokens",
+            str(tokens),
+            "--ttft-ms",
+            str(ttft_ms),
+            "--itl-ms",
+            str(itl_ms),
+            "--model",
+            model,
         )
         child = spawn(f"upstream-{port}", argv)
         wait_http_ok(f"http://127.0.0.1:{port}/health", timeout_s=20, proc=child.popen)

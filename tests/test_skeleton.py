@@ -19,9 +19,13 @@ def test_fast_upstream_speaks_openai(fast_upstream) -> None:
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused")
     out = client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hello"}])
     assert out.usage is not None and out.usage.completion_tokens == 5
-    chunks = list(client.chat.completions.create(
-        model="fast", messages=[{"role": "user", "content": "hello"}], stream=True,
-        stream_options={"include_usage": True},
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model="fast",
+            messages=[{"role": "user", "content": "hello"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
     assert sum(1 for c in chunks if c.choices) == 5

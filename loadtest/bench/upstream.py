@@ -71,16 +71,28 @@ class Upstream:
             body = await request.json()
         except json.JSONDecodeError:
             return web.json_response(
-                {"error": {"message": "invalid JSON", "type": "invalid_request_error", "param": None,
-                           "code": None}},
+                {
+                    "error": {
+                        "message": "invalid JSON",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
                 status=400,
             )
         self.requests_total += 1
         if "x_fail" in body:
             status = int(body["x_fail"])
             return web.json_response(
-                {"error": {"message": f"injected failure {status}", "type": "server_error", "param": None,
-                           "code": None}},
+                {
+                    "error": {
+                        "message": f"injected failure {status}",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
                 status=status,
             )
         n = int(body.get("max_tokens") or body.get("max_completion_tokens") or self.tokens)
@@ -105,11 +117,20 @@ class Upstream:
                     if chat
                     else {"index": 0, "text": text, "finish_reason": "length", "logprobs": None}
                 )
-                return web.json_response({
-                    "id": rid, "object": obj, "created": created, "model": model, "choices": [choice],
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n,
-                              "total_tokens": prompt_tokens + n},
-                })
+                return web.json_response(
+                    {
+                        "id": rid,
+                        "object": obj,
+                        "created": created,
+                        "model": model,
+                        "choices": [choice],
+                        "usage": {
+                            "prompt_tokens": prompt_tokens,
+                            "completion_tokens": n,
+                            "total_tokens": prompt_tokens + n,
+                        },
+                    }
+                )
             return await self._stream(request, body, chat, rid, created, model, n, ttft, itl, prompt_tokens)
         finally:
             self.in_flight -= 1
@@ -139,10 +160,19 @@ class Upstream:
                 sent += 1
                 self.completion_tokens_total += 1
             if include_usage:
-                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n,
-                         "total_tokens": prompt_tokens + n}
-                chunk = {"id": rid, "object": obj, "created": created, "model": model, "choices": [],
-                         "usage": usage}
+                usage = {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": n,
+                    "total_tokens": prompt_tokens + n,
+                }
+                chunk = {
+                    "id": rid,
+                    "object": obj,
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
                 await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
@@ -152,7 +182,9 @@ class Upstream:
         return resp
 
 
-def build_app(tokens: int = 16, ttft_ms: float = 0.0, itl_ms: float = 0.0, model: str = "fast") -> web.Application:
+def build_app(
+    tokens: int = 16, ttft_ms: float = 0.0, itl_ms: float = 0.0, model: str = "fast"
+) -> web.Application:
     up = Upstream(tokens, ttft_ms, itl_ms, model)
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app["upstream"] = up
@@ -173,8 +205,13 @@ def main() -> None:
     ap.add_argument("--itl-ms", type=float, default=0.0, help="gap between tokens, ms")
     ap.add_argument("--model", default="fast", help="model id reported by /v1/models")
     args = ap.parse_args()
-    web.run_app(build_app(args.tokens, args.ttft_ms, args.itl_ms, args.model), host=args.host, port=args.port,
-                access_log=None, print=None)
+    web.run_app(
+        build_app(args.tokens, args.ttft_ms, args.itl_ms, args.model),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+    )
 
 
 if __name__ == "__main__":

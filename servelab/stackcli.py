@@ -1,0 +1,164 @@
+"""`servelab up` and `servelab demo`: the embedded stack for people, not for tests."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from servelab.stack import Stack, StackConfig
+
+console = Console(stderr=True)
+
+
+def _raise_on_sigterm() -> None:
+    """SIGTERM behaves like Ctrl-C, so `finally` blocks stop every child we started."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _show(info: dict) -> None:
+    table = Table(title="servelab stack (127.0.0.1)", show_header=False)
+    table.add_row("gateway", info["gateway_url"] + "/v1")
+    for i, url in enumerate(info["backend_urls"]):
+        table.add_row(f"backend {i} ({info['model']}, simulated)", url)
+    table.add_row("redis", info["redis_url"])
+    table.add_row("metrics", info["gateway_url"] + "/metrics")
+    for tenant, key in info["keys"].items():
+        table.add_row(f"API key: {tenant}", key)
+    console.print(table)
+
+
+def up(
+    state_dir: Annotated[Path, typer.Option(help="Folder for logs, the Redis data and stack.json.")] = Path(
+        "runs/stack"
+    ),
+    gateway_port: Annotated[int, typer.Option(help="Gateway port (0 = any free port).")] = 8080,
+    backend_port: Annotated[int, typer.Option(help="First simulator port (0 = any free port).")] = 8100,
+    backends: Annotated[int, typer.Option(min=1, help="Simulator replicas behind the gateway.")] = 1,
+    model: Annotated[str, typer.Option(help="Catalog model the simulators play.")] = "mixtral-8x7b",
+    gpu: Annotated[str, typer.Option(help="Catalog GPU the simulators play.")] = "h100",
+    tp: Annotated[int, typer.Option(help="Tensor-parallel size of each simulated replica.")] = 2,
+    config: Annotated[
+        Path | None, typer.Option(help="Gateway YAML (default: the packaged demo config).")
+    ] = None,
+) -> None:
+    """Start Redis, simulated backends and the gateway on 127.0.0.1; print URLs and demo API keys.
+
+    Runs until Ctrl-C or SIGTERM, then stops everything it started. With REDIS_URL set, that
+    Redis is used instead of starting one.
+    """
+    _raise_on_sigterm()
+    cfg = StackConfig(
+        state_dir=state_dir,
+        gateway_port=gateway_port,
+        backend_port=backend_port,
+        backends=backends,
+        model=model,
+        gpu=gpu,
+        tp=tp,
+        config_path=config,
+    )
+    stack = Stack(cfg)
+    try:
+        with console.status("starting") as status:
+            info = stack.start(progress=lambda m: status.update(m))
+        _show(info)
+        console.print(f"[green]ready[/] — stack.json in {state_dir}; Ctrl-C stops everything.")
+        console.print(
+            f"try:  curl -s {info['gateway_url']}/v1/chat/completions -H 'authorization: Bearer "
+            f"{next(iter(info['keys'].values()), 'sk-...')}' -H 'content-type: application/json' "
+            f'-d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "hi"}}], '
+            f'"max_tokens": 16}}\''
+        )
+        while True:
+            dead = stack.dead_children()
+            if dead:
+                for child in dead:
+                    console.print(
+                        f"[red]{child.name} exited with code {child.popen.returncode}[/]; "
+                        f"see {child.log_path}"
+                    )
+                raise typer.Exit(1)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        stack.stop()
+
+
+def demo(
+    duration: Annotated[str, typer.Option(help="Load-test length, e.g. 60s.")] = "60s",
+    rate: Annotated[float, typer.Option(help="Open-loop request rate (req/s) for the chat scenario.")] = 4.0,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/demo-<time>).")] = None,
+) -> None:
+    """Bring up the embedded stack, run the `chat` load test through the gateway, print the table."""
+    _raise_on_sigterm()
+    run_dir = out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    cfg = StackConfig(state_dir=run_dir / "stack", gateway_port=0, backend_port=0)
+    with Stack(cfg) as stack:
+        info = stack.info
+        _show(info)
+        tenant = "acme" if "acme" in info["keys"] else next(iter(info["keys"]))
+        argv = [
+            sys.executable,
+            "-m",
+            "servelab.cli",
+            "loadtest",
+            "chat",
+            "--target",
+            info["gateway_url"],
+            "--api-key",
+            info["keys"][tenant],
+            "--model",
+            info["model"],
+            "--rate",
+            str(rate),
+            "--duration",
+            duration,
+            "--out",
+            str(run_dir / "chat"),
+        ]
+        console.print(f"running the chat scenario at {rate} req/s for {duration} as tenant {tenant!r}")
+        code = subprocess.call(argv)
+        if code != 0:
+            console.print(f"[red]load test failed with code {code}[/]")
+            raise typer.Exit(code)
+        _show_429(info)
+        console.print(f"report, raw rows and plots: {run_dir / 'chat'}")
+
+
+def _show_429(info: dict) -> None:
+    """Show the tight plan at work: a burst from the `tiny` tenant meets a 429 with its headers."""
+    if "tiny" not in info["keys"]:
+        return
+    import httpx
+
+    body = {"model": info["model"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    headers = {"authorization": f"Bearer {info['keys']['tiny']}"}
+    with httpx.Client(base_url=info["gateway_url"], timeout=30) as client:
+        for n in range(1, 101):
+            resp = client.post("/v1/chat/completions", json=body, headers=headers)
+            if resp.status_code == 429:
+                err = resp.json()["error"]
+                console.print(
+                    f"tenant 'tiny' (tight plan): request {n} got 429 {err.get('code')}: "
+                    f"{err['message']} (retry-after {resp.headers.get('retry-after')} s)"
+                )
+                return
+    console.print("tenant 'tiny': no 429 within 100 requests — check its plan in the gateway config")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(demo)
