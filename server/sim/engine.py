@@ -1,0 +1,139 @@
+"""The engine: scheduler + paged KV cache + a cost model that says how long each step takes.
+
+The engine never reads a clock. `plan()` asks the scheduler for a step and the cost model for its
+duration; the caller decides when that step ends (the offline simulator jumps its event clock, the
+real-time server sleeps until then) and calls `complete(plan, end_s)`. That seam is what lets the
+same engine run under pytest without time passing, under a discrete-event loop faster than real
+time, and behind an HTTP server in real time.
+
+The cost model is a Protocol: `step_time_s(BatchShape) -> seconds`. The real one is
+`server.perfmodel.PerfModel` (roofline of the model on the GPU); tests use a small linear one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from server.sim.kvcache import BlockAllocator
+from server.sim.request import Request
+from server.sim.scheduler import Schedule, Scheduler, SchedulerConfig, StepOutcome
+
+try:  # The shape type belongs to the performance model; keep a structural twin until it exists.
+    from server.perfmodel import BatchShape
+except ImportError:  # pragma: no cover - only while server/perfmodel.py has not landed
+
+    @dataclass(frozen=True)
+    class BatchShape:  # type: ignore[no-redef]
+        prefill: tuple[tuple[int, int], ...]
+        decode_context: tuple[int, ...]
+
+
+class StepCostModel(Protocol):
+    def step_time_s(self, batch: BatchShape) -> float: ...
+
+
+@dataclass(frozen=True)
+class LinearCost:
+    """A transparent cost model for tests and examples: fixed + per-token + per-context-token."""
+
+    fixed_s: float = 0.005
+    per_prefill_token_s: float = 0.0001
+    per_decode_seq_s: float = 0.0002
+    per_context_token_s: float = 0.0
+
+    def step_time_s(self, batch: BatchShape) -> float:
+        prefill_tokens = sum(n for n, _ in batch.prefill)
+        ctx = sum(batch.decode_context) + sum(n + c for n, c in batch.prefill)
+        return (
+            self.fixed_s
+            + self.per_prefill_token_s * prefill_tokens
+            + self.per_decode_seq_s * len(batch.decode_context)
+            + self.per_context_token_s * ctx
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A scheduled step and how long the cost model says it takes."""
+
+    schedule: Schedule
+    shape: BatchShape
+    duration_s: float
+    num_prefill_tokens: int
+    num_decode: int
+
+
+class Engine:
+    """One model replica: requests in, steps planned and completed, tokens out."""
+
+    def __init__(
+        self,
+        cost: StepCostModel,
+        num_blocks: int,
+        config: SchedulerConfig | None = None,
+        block_size: int = 16,
+    ) -> None:
+        self.cost = cost
+        self.kv = BlockAllocator(num_blocks, block_size)
+        self.scheduler = Scheduler(config or SchedulerConfig(), self.kv)
+        # Counters since start (the /metrics endpoint and the offline summary read these).
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.num_steps = 0
+        self.busy_s = 0.0
+
+    @property
+    def num_running(self) -> int:
+        return self.scheduler.num_running
+
+    @property
+    def num_waiting(self) -> int:
+        return self.scheduler.num_waiting
+
+    @property
+    def num_outstanding(self) -> int:
+        return self.scheduler.num_running + self.scheduler.num_waiting
+
+    @property
+    def num_preemptions(self) -> int:
+        return self.scheduler.num_preemptions
+
+    def add(self, req: Request) -> None:
+        self.scheduler.add(req)
+
+    def abort(self, req: Request) -> bool:
+        return self.scheduler.abort(req)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def plan(self) -> Plan | None:
+        sched = self.scheduler.schedule()
+        if not sched:
+            return None
+        prefill: list[tuple[int, int]] = []
+        decode: list[int] = []
+        n_prefill = 0
+        for req, n in zip(sched.reqs, sched.num_new, strict=True):
+            # A decode is the one token sampled last step; anything else (prompt chunks, the
+            # recompute of a preempted request) is prefill work.
+            if n == 1 and req.num_output > 0 and req.num_computed == req.prompt_len + req.num_output - 1:
+                decode.append(req.num_computed)
+            else:
+                prefill.append((n, req.num_computed))
+                n_prefill += n
+        shape = BatchShape(prefill=tuple(prefill), decode_context=tuple(decode))
+        duration = float(self.cost.step_time_s(shape))
+        if not duration > 0:
+            raise ValueError(f"cost model returned a non-positive step time {duration!r} for {shape}")
+        return Plan(sched, shape, duration, n_prefill, len(decode))
+
+    def complete(self, plan: Plan, end_s: float) -> StepOutcome:
+        out = self.scheduler.update(plan.schedule, end_s)
+        self.num_steps += 1
+        self.busy_s += plan.duration_s
+        self.generation_tokens_total += len(out.emitted)
+        for req in out.first_token:
+            self.prompt_tokens_total += req.prompt_len
+        return out

@@ -1,0 +1,288 @@
+"""A continuous-batching scheduler shaped like vLLM V1's.
+
+Every step gets a token budget (`max_num_batched_tokens`) and a sequence cap (`max_num_seqs`).
+Following vLLM V1 (`vllm/v1/core/sched/scheduler.py`):
+
+1. Running requests go first, in order. Each asks for `num_tokens - num_computed` tokens (one for a
+   decode, the rest of its prompt for a prefill), clipped to the budget left: this is chunked
+   prefill. If its KV blocks cannot be allocated, the scheduler preempts by recompute: it frees all
+   blocks of the newest running request (FCFS) or of the lowest-priority one (priority policy:
+   largest `(priority, arrival)`), resets it to zero computed tokens and puts it back at the front
+   of the waiting queue; it repeats until the allocation fits or the request preempted itself.
+2. Only if nothing was preempted this step, waiting requests are admitted in queue order (FCFS, or
+   lowest `priority` value first, then arrival) while budget, sequence cap and free blocks allow;
+   the head of the queue blocks the ones behind it, as in vLLM.
+
+After the model "runs", `update` advances each scheduled request's computed tokens; a request whose
+computed tokens reach its token count samples one new token (the last prefill chunk samples the
+first token). Reaching `output_target` finishes the request and frees its blocks.
+
+Pure logic: time only enters through the `now` argument of `update`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+from server.sim.kvcache import BlockAllocator
+from server.sim.request import Request, Status
+
+Policy = Literal["fcfs", "priority"]
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 1024
+    max_num_batched_tokens: int = 8192
+    policy: Policy = "fcfs"
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if self.policy not in ("fcfs", "priority"):
+            raise ValueError(f"unknown scheduling policy {self.policy!r}")
+
+
+@dataclass
+class Schedule:
+    """What one step computes: parallel lists of requests and their new token counts."""
+
+    reqs: list[Request] = field(default_factory=list)
+    num_new: list[int] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new)
+
+    def __bool__(self) -> bool:
+        return bool(self.reqs)
+
+
+@dataclass
+class StepOutcome:
+    """Tokens sampled at the end of a step.
+
+    `itl_gaps` maps a gap between a request's previous token and this one (seconds) to how many
+    requests had it: most requests in a step share one gap, so this stays tiny without one Python
+    object per token.
+    """
+
+    emitted: list[Request]
+    first_token: list[Request]
+    finished: list[Request]
+    itl_gaps: dict[float, int]
+
+
+class _WaitingQueue:
+    """FCFS deque or priority heap with lazy deletion (aborted requests are skipped when met)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._fifo: deque[Request] = deque()
+        self._heap: list[tuple[int, float, int, Request]] = []
+        self._live = 0
+
+    def __len__(self) -> int:
+        return self._live
+
+    def push(self, req: Request) -> None:
+        if self.policy == "fcfs":
+            self._fifo.append(req)
+        else:
+            heapq.heappush(self._heap, (req.priority, req.arrival_s, req.seq, req))
+        self._live += 1
+
+    def push_front(self, req: Request) -> None:
+        """A preempted request goes back first (FCFS); the heap orders it by priority anyway."""
+        if self.policy == "fcfs":
+            self._fifo.appendleft(req)
+            self._live += 1
+        else:
+            self.push(req)
+
+    def _drop_dead(self) -> None:
+        if self.policy == "fcfs":
+            while self._fifo and self._fifo[0].finished:
+                self._fifo.popleft()
+        else:
+            while self._heap and self._heap[0][3].finished:
+                heapq.heappop(self._heap)
+
+    def peek(self) -> Request | None:
+        self._drop_dead()
+        if self.policy == "fcfs":
+            return self._fifo[0] if self._fifo else None
+        return self._heap[0][3] if self._heap else None
+
+    def pop(self) -> Request:
+        self._drop_dead()
+        self._live -= 1
+        if self.policy == "fcfs":
+            return self._fifo.popleft()
+        return heapq.heappop(self._heap)[3]
+
+    def forget(self, req: Request) -> None:
+        """Account for a request that was aborted while waiting (its entry is skipped later)."""
+        self._live -= 1
+
+
+class Scheduler:
+    """Continuous batching over a paged KV cache; see the module docstring for the rules."""
+
+    def __init__(self, config: SchedulerConfig, kv: BlockAllocator) -> None:
+        self.config = config
+        self.kv = kv
+        self.block_size = kv.block_size
+        self.waiting = _WaitingQueue(config.policy)
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+        self._seq = 0
+
+    # -- intake -----------------------------------------------------------------------------------
+
+    def add(self, req: Request) -> None:
+        max_blocks = -(-(req.prompt_len + req.output_target) // self.block_size)
+        if max_blocks > self.kv.num_blocks:
+            raise ValueError(
+                f"request {req.req_id} needs up to {max_blocks} KV blocks but the cache has"
+                f" {self.kv.num_blocks}; it could never run"
+            )
+        req.seq = self._seq
+        self._seq += 1
+        req.status = Status.WAITING
+        self.waiting.push(req)
+
+    def abort(self, req: Request) -> bool:
+        """Drop a request wherever it is and free its blocks. False if it had already finished."""
+        if req.finished:
+            return False
+        if req.status == Status.RUNNING:
+            self.running.remove(req)
+        else:
+            self.waiting.forget(req)
+        self.kv.free(req.num_blocks)
+        req.num_blocks = 0
+        req.status = Status.ABORTED
+        return True
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def has_work(self) -> bool:
+        return bool(self.running) or len(self.waiting) > 0
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def _preempt(self, victim: Request) -> None:
+        self.kv.free(victim.num_blocks)
+        victim.num_blocks = 0
+        victim.num_computed = 0
+        victim.status = Status.PREEMPTED
+        victim.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.push_front(victim)
+
+    def schedule(self) -> Schedule:
+        cfg = self.config
+        kv = self.kv
+        bs = self.block_size
+        budget = cfg.max_num_batched_tokens
+        out = Schedule()
+        reqs, num_new = out.reqs, out.num_new
+        running = self.running
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            n = req.prompt_len + req.num_output - req.num_computed
+            if n > budget:
+                n = budget
+            need = -(-(req.num_computed + n) // bs) - req.num_blocks
+            scheduled = True
+            while need > 0 and not kv.try_allocate(need):
+                if cfg.policy == "priority":
+                    victim = max(running, key=lambda r: (r.priority, r.arrival_s, r.seq))
+                else:
+                    victim = running[-1]
+                vi = running.index(victim) if victim is not running[-1] else len(running) - 1
+                running.pop(vi)
+                if vi < i:
+                    # Already scheduled this step (priority policy only): un-schedule it.
+                    k = reqs.index(victim)
+                    budget += num_new[k]
+                    del reqs[k]
+                    del num_new[k]
+                    i -= 1
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is req:
+                    scheduled = False
+                    break
+            if not scheduled:
+                break
+            if need > 0:
+                req.num_blocks += need
+            reqs.append(req)
+            num_new.append(n)
+            budget -= n
+            i += 1
+
+        if not out.preempted:
+            waiting = self.waiting
+            while budget > 0 and len(waiting) > 0 and len(running) < cfg.max_num_seqs:
+                req = waiting.peek()
+                if req is None:
+                    break
+                n = req.prompt_len + req.num_output - req.num_computed
+                if n > budget:
+                    n = budget
+                need = -(-(req.num_computed + n) // bs) - req.num_blocks
+                if need > 0 and not kv.try_allocate(need):
+                    break
+                waiting.pop()
+                req.num_blocks += need
+                req.status = Status.RUNNING
+                running.append(req)
+                reqs.append(req)
+                num_new.append(n)
+                budget -= n
+        return out
+
+    def update(self, sched: Schedule, now: float) -> StepOutcome:
+        """Apply a computed step that ended at `now`: advance, sample, finish."""
+        emitted: list[Request] = []
+        first: list[Request] = []
+        finished: list[Request] = []
+        gaps: dict[float, int] = {}
+        for req, n in zip(sched.reqs, sched.num_new, strict=True):
+            if req.status != Status.RUNNING:
+                continue  # aborted while the step ran
+            req.num_computed += n
+            if req.num_computed < req.prompt_len + req.num_output:
+                continue  # a prefill chunk that did not reach the end of the prompt
+            if req.num_output == 0:
+                req.first_token_s = now
+                first.append(req)
+            else:
+                gap = now - req.last_token_s
+                gaps[gap] = gaps.get(gap, 0) + 1
+            req.num_output += 1
+            req.last_token_s = now
+            emitted.append(req)
+            if req.num_output >= req.output_target:
+                req.status = Status.FINISHED
+                req.finish_s = now
+                self.kv.free(req.num_blocks)
+                req.num_blocks = 0
+                finished.append(req)
+        if finished:
+            self.running = [r for r in self.running if r.status == Status.RUNNING]
+        return StepOutcome(emitted, first, finished, gaps)
