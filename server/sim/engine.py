@@ -73,6 +73,8 @@ class Engine:
         num_blocks: int,
         config: SchedulerConfig | None = None,
         block_size: int = 16,
+        *,
+        track_emitted: bool = True,
     ) -> None:
         self.cost = cost
         self.kv = BlockAllocator(num_blocks, block_size)
@@ -82,6 +84,8 @@ class Engine:
         self.generation_tokens_total = 0
         self.num_steps = 0
         self.busy_s = 0.0
+        self.outstanding = 0  # running + waiting, kept as a counter for the router's hot path
+        self.track_emitted = track_emitted
 
     @property
     def num_running(self) -> int:
@@ -92,18 +96,18 @@ class Engine:
         return self.scheduler.num_waiting
 
     @property
-    def num_outstanding(self) -> int:
-        return self.scheduler.num_running + self.scheduler.num_waiting
-
-    @property
     def num_preemptions(self) -> int:
         return self.scheduler.num_preemptions
 
     def add(self, req: Request) -> None:
         self.scheduler.add(req)
+        self.outstanding += 1
 
     def abort(self, req: Request) -> bool:
-        return self.scheduler.abort(req)
+        if self.scheduler.abort(req):
+            self.outstanding -= 1
+            return True
+        return False
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()
@@ -112,28 +116,21 @@ class Engine:
         sched = self.scheduler.schedule()
         if not sched:
             return None
-        prefill: list[tuple[int, int]] = []
-        decode: list[int] = []
-        n_prefill = 0
-        for req, n in zip(sched.reqs, sched.num_new, strict=True):
-            # A decode is the one token sampled last step; anything else (prompt chunks, the
-            # recompute of a preempted request) is prefill work.
-            if n == 1 and req.num_output > 0 and req.num_computed == req.prompt_len + req.num_output - 1:
-                decode.append(req.num_computed)
-            else:
-                prefill.append((n, req.num_computed))
-                n_prefill += n
-        shape = BatchShape(prefill=tuple(prefill), decode_context=tuple(decode))
+        # A decode is the one token sampled last step; anything else (prompt chunks, the
+        # recompute of a preempted request) is prefill work.
+        prefill = tuple(zip(sched.prefill_new, [r.num_computed for r in sched.prefills], strict=True))
+        shape = BatchShape(prefill=prefill, decode_context=tuple([r.num_computed for r in sched.decodes]))
         duration = float(self.cost.step_time_s(shape))
         if not duration > 0:
             raise ValueError(f"cost model returned a non-positive step time {duration!r} for {shape}")
-        return Plan(sched, shape, duration, n_prefill, len(decode))
+        return Plan(sched, shape, duration, sum(sched.prefill_new), len(sched.decodes))
 
     def complete(self, plan: Plan, end_s: float) -> StepOutcome:
-        out = self.scheduler.update(plan.schedule, end_s)
+        out = self.scheduler.update(plan.schedule, end_s, track_emitted=self.track_emitted)
         self.num_steps += 1
         self.busy_s += plan.duration_s
-        self.generation_tokens_total += len(out.emitted)
+        self.generation_tokens_total += out.num_emitted
+        self.outstanding -= len(out.finished)
         for req in out.first_token:
             self.prompt_tokens_total += req.prompt_len
         return out

@@ -235,7 +235,7 @@ def simulate(
 
     cfg = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                           policy=policy)
-    engines = [Engine(cost_model, blocks, cfg, block_size) for _ in range(replicas)]
+    engines = [Engine(cost_model, blocks, cfg, block_size, track_emitted=False) for _ in range(replicas)]
     send_times, in_lens, out_lens = workload.generate()
     n = workload.num_requests
     send = send_times.tolist()
@@ -320,7 +320,7 @@ def simulate(
 
 
 def _load(e: Engine) -> int:
-    return e.num_outstanding
+    return e.outstanding
 
 
 __all__ = ["LengthDist", "SimResult", "Workload", "simulate", "weighted_percentiles"]

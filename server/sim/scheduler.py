@@ -48,18 +48,40 @@ class SchedulerConfig:
 
 @dataclass
 class Schedule:
-    """What one step computes: parallel lists of requests and their new token counts."""
+    """What one step computes: decoding requests (one token each) and prefill chunks.
 
-    reqs: list[Request] = field(default_factory=list)
-    num_new: list[int] = field(default_factory=list)
+    Kept as two lists because the engine treats them differently (the cost model takes decode
+    contexts and prefill chunks separately) and the decode path is the hot loop of the simulator.
+    """
+
+    decodes: list[Request] = field(default_factory=list)
+    prefills: list[Request] = field(default_factory=list)
+    prefill_new: list[int] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
 
     @property
+    def reqs(self) -> list[Request]:
+        return self.decodes + self.prefills
+
+    @property
+    def num_new(self) -> list[int]:
+        return [1] * len(self.decodes) + self.prefill_new
+
+    @property
     def num_tokens(self) -> int:
-        return sum(self.num_new)
+        return len(self.decodes) + sum(self.prefill_new)
 
     def __bool__(self) -> bool:
-        return bool(self.reqs)
+        return bool(self.decodes) or bool(self.prefills)
+
+    def _unschedule(self, req: Request) -> int:
+        """Remove `req` from this step; returns the tokens it had been given."""
+        if req in self.decodes:
+            self.decodes.remove(req)
+            return 1
+        k = self.prefills.index(req)
+        del self.prefills[k]
+        return self.prefill_new.pop(k)
 
 
 @dataclass
@@ -75,6 +97,7 @@ class StepOutcome:
     first_token: list[Request]
     finished: list[Request]
     itl_gaps: dict[float, int]
+    num_emitted: int = 0
 
 
 class _WaitingQueue:
@@ -141,6 +164,7 @@ class Scheduler:
         self.running: list[Request] = []
         self.num_preemptions = 0
         self._seq = 0
+        self._last_end = -1.0  # end time of the previous step (most tokens' previous token)
 
     # -- intake -----------------------------------------------------------------------------------
 
@@ -197,41 +221,43 @@ class Scheduler:
         bs = self.block_size
         budget = cfg.max_num_batched_tokens
         out = Schedule()
-        reqs, num_new = out.reqs, out.num_new
+        decodes, prefills, prefill_new = out.decodes, out.prefills, out.prefill_new
         running = self.running
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
-            n = req.prompt_len + req.num_output - req.num_computed
+            c = req.num_computed
+            n = req.prompt_len + req.num_output - c
             if n > budget:
                 n = budget
-            need = -(-(req.num_computed + n) // bs) - req.num_blocks
-            scheduled = True
-            while need > 0 and not kv.try_allocate(need):
-                if cfg.policy == "priority":
-                    victim = max(running, key=lambda r: (r.priority, r.arrival_s, r.seq))
-                else:
-                    victim = running[-1]
-                vi = running.index(victim) if victim is not running[-1] else len(running) - 1
-                running.pop(vi)
-                if vi < i:
-                    # Already scheduled this step (priority policy only): un-schedule it.
-                    k = reqs.index(victim)
-                    budget += num_new[k]
-                    del reqs[k]
-                    del num_new[k]
-                    i -= 1
-                self._preempt(victim)
-                out.preempted.append(victim)
-                if victim is req:
-                    scheduled = False
+            need = -(-(c + n) // bs) - req.num_blocks
+            if need > 0 and not kv.try_allocate(need):
+                scheduled = True
+                while not kv.try_allocate(need):
+                    if cfg.policy == "priority":
+                        victim = max(running, key=_priority_key)
+                        vi = running.index(victim)
+                    else:
+                        victim, vi = running[-1], len(running) - 1
+                    running.pop(vi)
+                    if vi < i:
+                        # Already scheduled this step (priority policy only): un-schedule it.
+                        budget += out._unschedule(victim)
+                        i -= 1
+                    self._preempt(victim)
+                    out.preempted.append(victim)
+                    if victim is req:
+                        scheduled = False
+                        break
+                if not scheduled:
                     break
-            if not scheduled:
-                break
             if need > 0:
                 req.num_blocks += need
-            reqs.append(req)
-            num_new.append(n)
+            if n == 1 and req.num_output > 0:
+                decodes.append(req)
+            else:
+                prefills.append(req)
+                prefill_new.append(n)
             budget -= n
             i += 1
 
@@ -251,38 +277,86 @@ class Scheduler:
                 req.num_blocks += need
                 req.status = Status.RUNNING
                 running.append(req)
-                reqs.append(req)
-                num_new.append(n)
+                if n == 1 and req.num_output > 0:
+                    decodes.append(req)
+                else:
+                    prefills.append(req)
+                    prefill_new.append(n)
                 budget -= n
         return out
 
-    def update(self, sched: Schedule, now: float) -> StepOutcome:
-        """Apply a computed step that ended at `now`: advance, sample, finish."""
+    def update(self, sched: Schedule, now: float, *, track_emitted: bool = True) -> StepOutcome:
+        """Apply a computed step that ended at `now`: advance, sample, finish.
+
+        `track_emitted=False` skips building the list of requests that got a token (the offline
+        simulator has nobody to wake), which is most of the per-token cost.
+        """
         emitted: list[Request] = []
         first: list[Request] = []
         finished: list[Request] = []
         gaps: dict[float, int] = {}
-        for req, n in zip(sched.reqs, sched.num_new, strict=True):
-            if req.status != Status.RUNNING:
+        running_ = Status.RUNNING
+        prev = self._last_end
+        same = 0
+        n_emitted = 0
+        # Decodes: exactly one new token each, so every one samples. The hot loop.
+        for req in sched.decodes:
+            if req.status != running_:
                 continue  # aborted while the step ran
+            req.num_computed += 1
+            last = req.last_token_s
+            if last == prev:
+                same += 1  # the common case: it also got a token at the end of the previous step
+            else:
+                gap = now - last
+                gaps[gap] = gaps.get(gap, 0) + 1
+            req.last_token_s = now
+            req.num_output += 1
+            n_emitted += 1
+            if req.num_output >= req.output_target:
+                self._finish(req, now)
+                finished.append(req)
+        if track_emitted:
+            emitted.extend(r for r in sched.decodes if r.last_token_s == now)
+        # Prefill chunks: only the one that reaches the end of the tokens samples.
+        for req, n in zip(sched.prefills, sched.prefill_new, strict=True):
+            if req.status != running_:
+                continue
             req.num_computed += n
             if req.num_computed < req.prompt_len + req.num_output:
-                continue  # a prefill chunk that did not reach the end of the prompt
+                continue
             if req.num_output == 0:
                 req.first_token_s = now
                 first.append(req)
             else:
-                gap = now - req.last_token_s
-                gaps[gap] = gaps.get(gap, 0) + 1
+                last = req.last_token_s
+                if last == prev:
+                    same += 1
+                else:
+                    gap = now - last
+                    gaps[gap] = gaps.get(gap, 0) + 1
             req.num_output += 1
             req.last_token_s = now
-            emitted.append(req)
+            n_emitted += 1
+            if track_emitted:
+                emitted.append(req)
             if req.num_output >= req.output_target:
-                req.status = Status.FINISHED
-                req.finish_s = now
-                self.kv.free(req.num_blocks)
-                req.num_blocks = 0
+                self._finish(req, now)
                 finished.append(req)
+        if same:
+            gap = now - prev
+            gaps[gap] = gaps.get(gap, 0) + same
+        self._last_end = now
         if finished:
-            self.running = [r for r in self.running if r.status == Status.RUNNING]
-        return StepOutcome(emitted, first, finished, gaps)
+            self.running = [r for r in self.running if r.status == running_]
+        return StepOutcome(emitted, first, finished, gaps, n_emitted)
+
+    def _finish(self, req: Request, now: float) -> None:
+        req.status = Status.FINISHED
+        req.finish_s = now
+        self.kv.free(req.num_blocks)
+        req.num_blocks = 0
+
+
+def _priority_key(r: Request) -> tuple[int, float, int]:
+    return (r.priority, r.arrival_s, r.seq)
