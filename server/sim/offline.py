@@ -176,13 +176,14 @@ class SimResult:
 
 def build_cost_model(
     model: str, gpu: str, tp: int = 1, dtype: str = "bf16", kv_dtype: str | None = None,
-    gpu_memory_utilization: float = 0.9, block_size: int = 16,
+    gpu_memory_utilization: float = 0.9, block_size: int = 16, max_num_batched_tokens: int = 8192,
 ) -> tuple[StepCostModel, int, dict[str, object]]:
     """The catalog's roofline for model on gpu: (cost model, KV blocks per replica, its description)."""
     from server.perfmodel import PerfModel
 
     pm = PerfModel.build(model, gpu, tp=tp, dtype=dtype, kv_dtype=kv_dtype,
-                         gpu_memory_utilization=gpu_memory_utilization)
+                         gpu_memory_utilization=gpu_memory_utilization,
+                         max_num_batched_tokens=max_num_batched_tokens)
     blocks = pm.kv_blocks(block_size)
     if blocks < 1:
         raise ValueError(f"{model} does not fit on {tp}x {gpu} in {dtype}: no memory left for KV cache")
@@ -217,7 +218,7 @@ def simulate(
     inputs: dict[str, Any] = {"workload": workload.describe()}
     if cost_model is None:
         cost_model, blocks, described = build_cost_model(
-            model, gpu, tp, dtype, kv_dtype, gpu_memory_utilization, block_size)
+            model, gpu, tp, dtype, kv_dtype, gpu_memory_utilization, block_size, max_num_batched_tokens)
         inputs.update(model=model, gpu=gpu, tp=tp, dtype=dtype, kv_dtype=kv_dtype,
                       gpu_memory_utilization=gpu_memory_utilization, perf_model=described)
     else:
