@@ -174,3 +174,24 @@ def test_checkpoint_cli_no_weights_for_load_format_dummy(tmp_path: Path) -> None
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"]) == (56, 6144, 16384)
     assert "load-format dummy" in res.output
+
+
+def test_servelab_serve_engine_vllm_dry_run_prints_the_exact_command() -> None:
+    """The real command line, in a subprocess: `servelab serve --engine vllm --preset ... --dry-run`."""
+    import subprocess
+
+    exe = Path(sys.executable).with_name("servelab")
+    argv = [
+        str(exe),
+        "serve",
+        "--engine",
+        "vllm",
+        "--preset",
+        "mixtral-8x7b-bf16-tp2",
+        "--port",
+        "8555",
+        "--dry-run",
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == dry_run(LaunchOptions(preset="mixtral-8x7b-bf16-tp2", port=8555))
+    assert out.startswith("vllm serve mistralai/Mixtral-8x7B-Instruct-v0.1 --served-model-name mixtral-8x7b")
