@@ -92,6 +92,17 @@ class Factors:
 
 V1_FACTORS = Factors()
 
+# vLLM 0.5.x ran scheduling, input preparation, output processing and the HTTP server in one
+# process, serially with the GPU. vLLM's v0.6.0 release post (blog.vllm.ai, 2024-09-05) profiled
+# Llama-3-8B on one H100 under v0.5.3: 38% of the time GPU execution, 33% API server, 29%
+# scheduling and input/output preparation. Applied to this model's GPU time for a full batch
+# (256 sequences, ~330 tokens of context: 12.1 ms), the other 62% is 19.8 ms per step, i.e.
+# (19.8 - 2.5) ms / 256 = 67.5 us per scheduled sequence on top of the fixed 2.5 ms. Only the
+# fidelity rows measured on vLLM 0.5.4 use this profile; everything else simulates V1.
+VLLM_0_5_FACTORS = Factors(per_seq_overhead_s=67.5e-6)
+
+PROFILES: dict[str, Factors] = {"vllm-v1": V1_FACTORS, "vllm-0.5": VLLM_0_5_FACTORS}
+
 
 @dataclass(frozen=True)
 class StepBreakdown:

@@ -107,3 +107,17 @@ def test_bad_arguments() -> None:
         PerfModel.build("mixtral-8x7b", "h100", dtype="fp4")
     with pytest.raises(KeyError):
         PerfModel.build("mixtral-8x7b", "tpu-v5")
+
+
+def test_vllm_0_5_profile_is_derived_from_the_published_38_percent_gpu_share() -> None:
+    """vLLM's v0.6.0 post: on 0.5.3, Llama-3-8B on one H100 spent 38% of its time on the GPU."""
+    from dataclasses import replace
+
+    from server.perfmodel import PROFILES
+
+    no_overhead = replace(V1_FACTORS, step_overhead_s=0.0)
+    gpu_s = PerfModel.build("llama-3.1-8b", "h100", factors=no_overhead).step_time_s(decode(*[330] * 256))
+    cpu_s = gpu_s * 62 / 38
+    derived = (cpu_s - V1_FACTORS.step_overhead_s) / 256
+    assert PROFILES["vllm-0.5"].per_seq_overhead_s == pytest.approx(derived, rel=0.02)
+    assert PROFILES["vllm-v1"] is V1_FACTORS
