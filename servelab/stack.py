@@ -67,17 +67,8 @@ def rewrite_backends(config: dict[str, Any], model: str, urls: list[str]) -> dic
     models = config.get("models") or {}
     if model not in models:
         raise ValueError(f"model {model!r} is not in the gateway config (models: {sorted(models)})")
-    models[model]["backends"] = [
-        {"url": u} if isinstance(b, dict) else u
-        for u, b in zip(urls, _pad(models[model].get("backends") or [], len(urls)), strict=True)
-    ]
+    models[model]["backends"] = list(urls)
     return config
-
-
-def _pad(items: list[Any], n: int) -> list[Any]:
-    if not items:
-        return [{"url": ""}] * n
-    return [items[i % len(items)] for i in range(n)]
 
 
 class Stack:
