@@ -11,6 +11,7 @@ simulator and a gateway, as child processes on 127.0.0.1), then:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import re
@@ -22,9 +23,9 @@ from typing import Any
 
 import pytest
 import yaml
+from deploy_files import DEPLOY, load_module
 from openai import APIStatusError, OpenAI
 
-from deploy_files import DEPLOY, load_module
 from servelab.procs import Child, free_port, start, wait_port
 from servelab.redisproc import find_redis_server
 
@@ -52,8 +53,9 @@ def promql_metric_names(expr: str) -> set[str]:
 
 def test_promql_metric_names() -> None:
     expr = (
-        'histogram_quantile(0.95, sum by (le, model) (rate(vllm:e2e_request_latency_seconds_bucket{model_name="x"}'
-        "[$__rate_interval]))) + sum without (instance) (servelab_gateway_in_flight_requests) * 3600 / 1e6"
+        "histogram_quantile(0.95, sum by (le, model) "
+        '(rate(vllm:e2e_request_latency_seconds_bucket{model_name="x"}[$__rate_interval]))) '
+        "+ sum without (instance) (servelab_gateway_in_flight_requests) * 3600 / 1e6"
     )
     assert promql_metric_names(expr) == {
         "vllm:e2e_request_latency_seconds_bucket",
@@ -179,10 +181,8 @@ def test_every_dashboard_metric_is_exported_by_a_live_server(stack: dict[str, An
             names |= _scrape(url)
         return names
 
-    try:
+    with contextlib.suppress(TimeoutError):  # the assertion below names what is missing
         _poll(lambda: wanted <= exported(), "every dashboard series present")
-    except TimeoutError:
-        pass
     missing = {e: sorted(promql_metric_names(e) - exported()) for es in exprs.values() for e in es}
     assert not {e: m for e, m in missing.items() if m}, "dashboard PromQL uses metrics no server exports"
     # Both views really use both sources.
