@@ -1,0 +1,178 @@
+"""Speed of the simulator: the offline cluster run and the real-time server's per-step overhead.
+
+    .venv/bin/python -m loadtest.bench.sim_speed            # full run, writes docs/results/sim-speed.md
+    .venv/bin/python -m loadtest.bench.sim_speed --requests 20000 --seconds 10 --out /tmp/x.md
+
+Part 1 runs `servelab simulate` as a subprocess (so start-up and imports count) for N requests on a
+16-replica Mixtral-8x7B (bf16, TP2, H100) cluster, ShareGPT-like lengths, at rate=inf and at a
+Poisson rate, and times the whole command. Target: under 60 s for 100,000 requests.
+
+Part 2 starts `servelab serve --engine sim` (real time, speedup 1) for the same model and keeps
+S concurrent streaming chat requests open (closed loop: each client re-sends when its stream ends)
+for a fixed time, then reads the engine loop's own measurements from /sim/stats: CPU time per
+step spent scheduling + updating + waking handlers ("overhead"), and how late each step ended
+against its modelled end time ("lateness", which also shows event-loop contention from the
+streams' own I/O). Target: per-step overhead <= 2 ms at 256 streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+
+from servelab.procs import free_port, python_module, start, wait_http_ok
+
+MODEL_ARGS = ["--model", "mixtral-8x7b", "--gpu", "h100", "--tp", "2", "--dtype", "bf16"]
+
+
+def offline_run(requests: int, rate: str) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "sim.json"
+        argv = python_module(
+            "servelab.cli", "simulate", *MODEL_ARGS, "--replicas", "16", "--num-requests", str(requests),
+            "--input-len", "sharegpt-in", "--output-len", "sharegpt-out", "--rate", rate, "--json", str(out))
+        t0 = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        data = json.loads(out.read_text())
+    return {"argv": " ".join(["servelab", *argv[3:-2]]), "wall_s": wall, **data["results"]}
+
+
+async def _client(session: aiohttp.ClientSession, url: str, stop_at: float, max_tokens: int,
+                  counts: list[int]) -> None:
+    body = {"model": "mixtral-8x7b", "messages": [{"role": "user", "content": "Tell me a long story."}],
+            "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
+    while time.monotonic() < stop_at:
+        async with session.post(url, json=body) as resp:
+            resp.raise_for_status()
+            async for line in resp.content:
+                if line.startswith(b"data: {"):
+                    counts[0] += 1
+                if time.monotonic() >= stop_at:
+                    return
+
+
+async def _drive(base: str, streams: int, seconds: float, max_tokens: int) -> int:
+    counts = [0]
+    stop_at = time.monotonic() + seconds
+    conn = aiohttp.TCPConnector(limit=streams + 8)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None)) as session:
+        await asyncio.gather(*(_client(session, base + "/v1/chat/completions", stop_at, max_tokens, counts)
+                               for _ in range(streams)))
+    return counts[0]
+
+
+def realtime_run(streams: int, seconds: float, max_tokens: int) -> dict[str, object]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    argv = python_module("servelab.cli", "serve", "--engine", "sim", *MODEL_ARGS, "--port", str(port),
+                         "--log-level", "warning")
+    with tempfile.TemporaryDirectory() as tmp:
+        child = start("sim-speed", argv, log_path=Path(tmp) / "serve.log")
+        try:
+            wait_http_ok(base + "/health", timeout_s=60, proc=child.popen)
+            chunks = asyncio.run(_drive(base, streams, seconds, max_tokens))
+            with urllib.request.urlopen(f"{base}/sim/stats?min_batch={streams}") as r:
+                full = json.loads(r.read())
+            with urllib.request.urlopen(f"{base}/sim/stats") as r:
+                every = json.loads(r.read())
+        finally:
+            child.stop()
+    full.pop("inputs", None)
+    every.pop("inputs", None)
+    return {"argv": "servelab " + " ".join(argv[3:]), "streams": streams, "seconds": seconds,
+            "max_tokens": max_tokens, "chunks_received": chunks, "at_full_batch": full, "all_steps": every}
+
+
+def _ms(x: object) -> str:
+    return f"{float(x) * 1000:.3f}" if isinstance(x, int | float) else "-"
+
+
+def render(offline: list[dict[str, object]], rt: dict[str, object], load: str) -> str:
+    lines = [
+        "# Simulator speed",
+        "",
+        "Measured by `loadtest/bench/sim_speed.py` (command in its docstring) on this machine:"
+        f" {os.cpu_count()} cores, Python {platform.python_version()}, load average before the run {load}."
+        " The machine is shared with four other engineers working at the same time, so wall times are noisy"
+        " (single run each; no repetition).",
+        "",
+        "## Offline: 16-replica Mixtral-8x7B cluster (bf16, TP2, H100), ShareGPT-like lengths",
+        "",
+        "Target: 100,000 requests in under 60 s of wall time for the whole `servelab simulate` command.",
+        "",
+        "| command | wall s | simulated s | steps | req/s simulated | output tok/s | TTFT p50 ms"
+        " | TPOT p50 ms | preemptions |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for o in offline:
+        lines.append(
+            f"| `{o['argv']}` | {o['wall_s']:.1f} | {o['duration_s']:.1f} | {o['steps']} |"
+            f" {o['request_throughput']:.1f} | {o['output_throughput']:.0f} | {_ms(o['ttft_p50_s'])} |"
+            f" {_ms(o['tpot_p50_s'])} | {o['preemptions']} |")
+    full, every = rt["at_full_batch"], rt["all_steps"]
+    lines += [
+        "",
+        f"## Real time: {rt['streams']} concurrent streams for {rt['seconds']:.0f} s",
+        "",
+        f"`{rt['argv']}`, {rt['streams']} closed-loop streaming chat clients (aiohttp, same machine),"
+        f" max_tokens {rt['max_tokens']} with ignore_eos; {rt['chunks_received']} token chunks received.",
+        "Overhead = wall time of the engine loop's own work per step (schedule + update + waking handlers),"
+        " which includes time the OS gave the CPU to other processes; CPU-only = the same span in thread"
+        " CPU time;"
+        " lateness = real step end minus the cost model's end time. Target: overhead <= 2 ms per step at"
+        f" {rt['streams']} streams.",
+        "",
+        "| steps | n | batch mean | overhead p50 ms | p95 | p99 | max | CPU-only p50 ms | p99 | max"
+        " | lateness p50 ms | p95 | p99 | modelled step ms | real step ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, st in ((f"batch >= {rt['streams']}", full), ("all", every)):
+        if not st.get("steps"):
+            lines.append(f"| {label} | 0 |" + " - |" * 13)
+            continue
+        lines.append(
+            f"| {label} | {st['steps']} | {st['batch_mean']:.1f} | {_ms(st['overhead_p50_s'])} |"
+            f" {_ms(st['overhead_p95_s'])} | {_ms(st['overhead_p99_s'])} | {_ms(st['overhead_max_s'])} |"
+            f" {_ms(st['overhead_cpu_p50_s'])} | {_ms(st['overhead_cpu_p99_s'])} |"
+            f" {_ms(st['overhead_cpu_max_s'])} |"
+            f" {_ms(st['lateness_p50_s'])} | {_ms(st['lateness_p95_s'])} | {_ms(st['lateness_p99_s'])} |"
+            f" {_ms(st['modelled_step_mean_s'])} | {_ms(st.get('real_step_mean_s'))} |")
+    lines += ["", "Raw numbers:", "", "```json", json.dumps({"offline": offline, "realtime": rt}, indent=1,
+                                                             default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=100_000)
+    ap.add_argument("--rate", default="1000", help="Poisson rate of the second offline run (req/s)")
+    ap.add_argument("--streams", type=int, default=256)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--max-tokens", type=int, default=512)
+    ap.add_argument("--out", type=Path, default=Path("docs/results/sim-speed.md"))
+    args = ap.parse_args()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    offline = [offline_run(args.requests, "inf"), offline_run(args.requests, args.rate)]
+    for o in offline:
+        print(f"offline {o['argv']}: {o['wall_s']:.1f} s wall", file=sys.stderr)
+    rt = realtime_run(args.streams, args.seconds, args.max_tokens)
+    print(json.dumps(rt, indent=1), file=sys.stderr)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(offline, rt, load))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
