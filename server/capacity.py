@@ -100,7 +100,7 @@ def memory_option(q: CapacityQuery, tp: int) -> TpOption:
     fits = heads_ok and max_seqs >= 1
     note = "" if heads_ok else f"{catalog.model(q.model).num_heads} attention heads do not split {tp} ways"
     if heads_ok and not fits:
-        note = "weights + activations leave no room for one sequence's KV cache"
+        note = "no room for one sequence's KV cache"
     return TpOption(
         tp=tp,
         fits=fits,

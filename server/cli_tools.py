@@ -26,6 +26,10 @@ def parse_duration_s(text: str) -> float:
     return float(m.group(1)) * _UNIT_S[m.group(2)]
 
 
+def _factors(f: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in f.items())
+
+
 def _gib(n: float) -> str:
     return f"{n / 1024**3:.1f} GiB"
 
@@ -78,6 +82,8 @@ def capacity(
         return
 
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=170)  # piped output: do not wrap the tables to 80 columns
     inputs = Table(title="Inputs", show_header=False)
     for key, value in (
         (
@@ -93,7 +99,7 @@ def capacity(
         ("gpu_memory_utilization", f"{gpu_memory_utilization:g}"),
         ("max_num_seqs / max_num_batched_tokens", f"{max_num_seqs} / {max_num_batched_tokens}"),
         ("KV bytes per token", f"{result.perf_inputs['kv_bytes_per_token']:,}"),
-        ("perf-model factors", json.dumps(result.perf_inputs["factors"])),
+        ("perf-model factors (vLLM V1)", _factors(result.perf_inputs["factors"])),  # type: ignore[arg-type]
         (
             "simulation",
             f"Poisson arrivals, {q.sim_seconds:g} s of traffic per probe "
