@@ -27,13 +27,15 @@ def run(engine: Engine, t: float = 0.0, check=None, max_steps: int = 100_000) ->
     return t
 
 
-def test_random_load_respects_every_limit_and_finishes_everything() -> None:
+@pytest.mark.parametrize("policy", ["fcfs", "priority"])
+def test_random_load_respects_every_limit_and_finishes_everything(policy: str) -> None:
     rng = random.Random(7)
-    cfg = SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64)
+    cfg = SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, policy=policy)  # type: ignore[arg-type]
     eng = Engine(LinearCost(), num_blocks=40, config=cfg)
-    reqs = [Request(str(i), rng.randint(1, 200), rng.randint(1, 120)) for i in range(60)]
-    for r in reqs:
-        eng.add(r)
+    # Requests trickle in with random priorities, so the priority policy sometimes preempts a
+    # request it already scheduled earlier in the same step (the un-schedule path).
+    reqs = [Request(str(i), rng.randint(1, 200), rng.randint(1, 120), arrival_s=i * 1e-3,
+                    priority=rng.randint(0, 3)) for i in range(60)]
 
     def check(plan) -> None:
         s = eng.scheduler
@@ -41,11 +43,25 @@ def test_random_load_respects_every_limit_and_finishes_everything() -> None:
         assert sum(plan.schedule.num_new) <= cfg.max_num_batched_tokens
         held = sum(r.num_blocks for r in s.running)
         assert held == eng.kv.num_used <= eng.kv.num_blocks
+        assert not set(map(id, plan.schedule.preempted)) & set(map(id, plan.schedule.reqs))
         for r, n in zip(plan.schedule.reqs, plan.schedule.num_new, strict=True):
-            assert n >= 1
+            assert n >= 1 and r in s.running
             assert r.num_blocks >= blocks_for(r.num_computed + n, 16)
 
-    run(eng, check=check)
+    t, k, steps = 0.0, 0, 0
+    while k < len(reqs) or eng.has_work():
+        if k < len(reqs) and rng.random() < 0.3:
+            eng.add(reqs[k])
+            k += 1
+        if not eng.has_work():
+            continue
+        plan = eng.plan()
+        assert plan is not None
+        check(plan)
+        t += plan.duration_s
+        eng.complete(plan, t)
+        steps += 1
+        assert steps < 100_000
     assert all(r.status == Status.FINISHED and r.num_output == r.output_target for r in reqs)
     assert eng.kv.num_used == 0
     assert eng.num_preemptions > 0  # 40 blocks of 16 tokens cannot hold this load without preempting
