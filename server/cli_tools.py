@@ -55,6 +55,7 @@ def capacity(
     from rich.console import Console
     from rich.table import Table
 
+    from server import catalog
     from server.capacity import CapacityQuery, plan
 
     q = CapacityQuery(
@@ -85,12 +86,9 @@ def capacity(
     if not console.is_terminal:
         console = Console(width=170)  # piped output: do not wrap the tables to 80 columns
     inputs = Table(title="Inputs", show_header=False)
+    spec = catalog.model(model)
     for key, value in (
-        (
-            "model",
-            f"{model} ({result.perf_inputs['params_total'] / 1e9:.1f}B total, "  # type: ignore[operator]
-            f"{result.perf_inputs['params_active'] / 1e9:.1f}B active)",
-        ),  # type: ignore[operator]
+        ("model", f"{model} ({spec.params_total / 1e9:.1f}B total, {spec.params_active / 1e9:.1f}B active)"),
         ("gpu", gpu),
         ("weights / KV dtype", f"{dtype} / {result.perf_inputs['kv_dtype']}"),
         ("target rate", f"{target_rps:g} req/s"),
