@@ -1,0 +1,102 @@
+"""The admin HTTP API under /admin/v1, guarded by the admin bearer token from the environment.
+
+Tenants and plans come from the YAML config (read-only here); keys and usage live in Redis.
+The `servelab tenants|keys|usage` commands are thin clients of these routes.
+
+    GET    /admin/v1/tenants                       tenants with their effective plans
+    GET    /admin/v1/tenants/{tenant}              one tenant
+    POST   /admin/v1/tenants/{tenant}/keys         -> 201 {"key": "sk-...", "key_id", "tenant"} (shown once)
+    GET    /admin/v1/tenants/{tenant}/keys         key records (never the key itself)
+    DELETE /admin/v1/keys/{key_id}                 revoke; every replica stops accepting it within 1 s
+    GET    /admin/v1/tenants/{tenant}/usage        usage report (?month=YYYY-MM) + recent events
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
+
+from gateway.errors import AdminAuthFailed, NotFound, RedisUnavailable
+from gateway.metering import recent_events, tenant_usage
+from gateway.runtime import Runtime, runtime
+
+
+class NewKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(default="", max_length=100, description="A label for the key, e.g. 'ci'.")
+
+
+def admin_runtime(request: Request) -> Runtime:
+    rt = runtime(request)
+    token = rt.settings.admin_token
+    if token is None:
+        err = AdminAuthFailed("The admin API is disabled: SERVELAB_ADMIN_TOKEN is not set.")
+        err.status = 503
+        raise err
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else ""
+    if not secrets.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise AdminAuthFailed("Missing or wrong admin token.")
+    return rt
+
+
+def _tenant(rt: Runtime, tenant: str) -> dict[str, Any]:
+    if tenant not in rt.config.tenants:
+        raise NotFound(f"No tenant {tenant!r} in the config.", param="tenant")
+    return {
+        "tenant": tenant,
+        "plan": dataclasses.asdict(rt.config.effective_plan(tenant)),
+        "models": rt.config.allowed_models(tenant),
+    }
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(prefix="/admin/v1")
+
+    @router.get("/tenants")
+    async def list_tenants(rt: Runtime = Depends(admin_runtime)) -> dict[str, Any]:
+        return {"data": [_tenant(rt, t) for t in rt.config.tenants]}
+
+    @router.get("/tenants/{tenant}")
+    async def get_tenant(tenant: str, rt: Runtime = Depends(admin_runtime)) -> dict[str, Any]:
+        return _tenant(rt, tenant)
+
+    @router.post("/tenants/{tenant}/keys", status_code=201)
+    async def create_key(
+        tenant: str, body: NewKey | None = None, rt: Runtime = Depends(admin_runtime)
+    ) -> JSONResponse:
+        _tenant(rt, tenant)
+        try:
+            key, rec = await rt.keys.create(tenant, (body or NewKey()).name)
+        except RedisError as exc:
+            raise RedisUnavailable(f"Cannot create a key: Redis is unreachable ({exc}).") from None
+        return JSONResponse(
+            {"key": key, "key_id": rec.key_id, "tenant": tenant, "name": rec.name}, status_code=201
+        )
+
+    @router.get("/tenants/{tenant}/keys")
+    async def list_keys(tenant: str, rt: Runtime = Depends(admin_runtime)) -> dict[str, Any]:
+        _tenant(rt, tenant)
+        return {"data": [dataclasses.asdict(r) for r in await rt.keys.list(tenant)]}
+
+    @router.delete("/keys/{key_id}")
+    async def revoke_key(key_id: str, rt: Runtime = Depends(admin_runtime)) -> dict[str, Any]:
+        rec = await rt.keys.revoke(key_id)
+        return {**dataclasses.asdict(rec), "revoked": True}
+
+    @router.get("/tenants/{tenant}/usage")
+    async def get_usage(
+        tenant: str, month: str | None = None, events: int = 10, rt: Runtime = Depends(admin_runtime)
+    ) -> dict[str, Any]:
+        _tenant(rt, tenant)
+        report = await tenant_usage(rt.redis, tenant, rt.config.effective_plan(tenant), month)
+        report["recent_events"] = await recent_events(rt.redis, tenant, max(0, min(events, 1000)))
+        return report
+
+    return router

@@ -1,0 +1,328 @@
+"""The OpenAI-compatible surface: /v1/chat/completions, /v1/completions, /v1/models, /v1/usage.
+
+A completion request goes: read body (413 over the limit) -> key -> tenant (cached; 401) ->
+validate the few fields the gateway reads (400/422) -> model allowed? (404/403) -> admit.lua
+(one round trip; 429) -> backend (502/503/504) -> settle.lua (one round trip) -> response.
+These routes are plain Starlette endpoints: FastAPI's pydantic body parsing would cost more
+than the rest of the gateway's work on a small request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.auth import Principal
+from gateway.config import EffectivePlan, Model
+from gateway.errors import (
+    AuthenticationFailed,
+    BodyTooLarge,
+    GatewayError,
+    ModelNotAllowed,
+    ModelNotFound,
+    RedisUnavailable,
+    error_response,
+    rate_limit_headers,
+    rejection,
+)
+from gateway.metering import tenant_usage
+from gateway.proxy import StreamProxy, UpstreamCall, forwardable_headers, open_upstream, read_json
+from gateway.ratelimit import Decision, Usage, cost_micro_usd
+from gateway.runtime import Runtime, runtime
+from gateway.wire import ProxyRequest, parse_request
+
+log = logging.getLogger("gateway.api")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id(header: str | None) -> str:
+    """The client's x-request-id if it is a sane token, else a new one."""
+    if header and _REQUEST_ID.match(header):
+        return header
+    return "req_" + os.urandom(12).hex()
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """Everything settle needs about one admitted request."""
+
+    principal: Principal
+    plan: EffectivePlan
+    model_name: str
+    model: Model
+    lease_id: str
+    reserved: int
+    month: str
+    request_id: str
+    started: float
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise BodyTooLarge(f"Request body of {length} bytes is over the limit of {limit} bytes.")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"Request body is over the limit of {limit} bytes.")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def authenticate(rt: Runtime, request: Request) -> Principal:
+    try:
+        principal = await rt.keys.authenticate(request.headers.get("authorization"))
+    except RedisError as exc:
+        rt.redis_failed("auth", exc)
+        raise RedisUnavailable("Cannot verify the API key: Redis is unreachable.") from None
+    if principal.tenant not in rt.config.tenants:
+        raise AuthenticationFailed("API key belongs to a tenant that is no longer configured.")
+    return principal
+
+
+def _upstream_body(raw: bytes, preq: ProxyRequest, plan: EffectivePlan, model: Model) -> tuple[bytes, int]:
+    """Bytes to send upstream (the client's own when nothing changes) and the max_tokens in force."""
+    body = preq.body
+    changed = False
+    max_tokens = preq.max_tokens
+    if max_tokens is None:
+        max_tokens = body["max_tokens"] = plan.default_max_tokens
+        changed = True
+    if model.upstream_model and model.upstream_model != preq.model:
+        body["model"] = model.upstream_model
+        changed = True
+    if preq.stream:
+        opts = dict(body.get("stream_options") or {})
+        # The true usage must come back even when the client did not ask: it is what we meter.
+        if opts.get("include_usage") is not True:
+            opts["include_usage"] = True
+            changed = True
+        if model.continuous_usage_stats and opts.get("continuous_usage_stats") is not True:
+            opts["continuous_usage_stats"] = True
+            changed = True
+        body["stream_options"] = opts
+    return (json.dumps(body, separators=(",", ":")).encode() if changed else raw), max_tokens
+
+
+async def settle(
+    rt: Runtime, adm: Admitted | None, tenant: str, model: str, usage: Usage | None, status: int
+) -> None:
+    """Settle one request (never raises) and count it in the metrics."""
+    m = rt.metrics
+    m.requests.labels(tenant, model, str(status)).inc()
+    if usage is not None:
+        m.prompt_tokens.labels(tenant, model).inc(usage.prompt_tokens)
+        m.completion_tokens.labels(tenant, model).inc(usage.completion_tokens)
+    if adm is None:
+        return  # fail-open request: nothing was reserved, nothing can be metered
+    cost = (
+        cost_micro_usd(usage, adm.model.input_price_per_million_usd, adm.model.output_price_per_million_usd)
+        if usage
+        else 0
+    )
+    try:
+        await rt.limiter.settle(
+            tenant=tenant,
+            plan=adm.plan,
+            lease_id=adm.lease_id,
+            reserved=adm.reserved,
+            usage=usage,
+            month=adm.month,
+            model=model,
+            cost_micro=cost,
+            request_id=adm.request_id,
+            key_id=adm.principal.key_id,
+            latency_ms=(time.perf_counter() - adm.started) * 1000,
+            status=status,
+        )
+        rt.redis_answered()
+    except RedisError as exc:
+        rt.redis_failed("settle", exc)
+        log.error(
+            "Settle failed, usage not metered and lease left to expire: tenant=%s request_id=%s "
+            "prompt_tokens=%s completion_tokens=%s",
+            tenant,
+            adm.request_id,
+            usage.prompt_tokens if usage else 0,
+            usage.completion_tokens if usage else 0,
+        )
+
+
+async def completions(request: Request) -> Response:
+    rid = request_id(request.headers.get("x-request-id"))
+    try:
+        return await _completions(request, rid, request.url.path.endswith("/chat/completions"))
+    except GatewayError as exc:
+        return error_response(exc, {"x-request-id": rid})
+
+
+async def _completions(request: Request, rid: str, chat: bool) -> Response:
+    t0 = time.perf_counter()
+    rt = runtime(request)
+    raw = await read_body(request, rt.settings.max_body_bytes)
+    principal = await authenticate(rt, request)
+    tenant = principal.tenant
+    preq = parse_request(raw, chat=chat)
+    model = rt.config.models.get(preq.model)
+    if model is None:
+        raise ModelNotFound(f"The model {preq.model!r} does not exist.", param="model")
+    allowed = rt.config.tenants[tenant].models
+    if allowed != "*" and preq.model not in allowed:
+        raise ModelNotAllowed(f"Tenant {tenant!r} may not use model {preq.model!r}.", param="model")
+    plan = rt.config.effective_plan(tenant)
+    up_body, max_tokens = _upstream_body(raw, preq, plan, model)
+    reserve = preq.prompt_tokens_estimate + max_tokens
+
+    lease_id = os.urandom(8).hex()
+    decision: Decision | None
+    try:
+        ta = time.perf_counter()
+        decision = await rt.limiter.admit(tenant, plan, reserve, lease_id)
+        rt.metrics.admission_seconds.observe(time.perf_counter() - ta)
+        rt.redis_answered()
+    except RedisError as exc:
+        rt.redis_failed("admit", exc)
+        if rt.settings.redis_failure_mode == "closed":
+            raise RedisUnavailable(
+                "Rate limiting is unavailable (Redis unreachable); failing closed."
+            ) from None
+        rt.metrics.fail_open.inc()
+        decision = None
+    headers = {"x-request-id": rid}
+    if decision is not None:
+        if not decision.allowed:
+            rt.metrics.rate_limited.labels(tenant, decision.limit).inc()
+            rt.metrics.requests.labels(tenant, preq.model, "429").inc()
+            raise rejection(decision, tenant)
+        headers.update(rate_limit_headers(decision))
+    adm = (
+        Admitted(
+            principal, plan, preq.model, model, lease_id, reserve, decision.month if decision else "", rid, t0
+        )
+        if decision
+        else None
+    )
+
+    rt.metrics.in_flight.inc()
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    t_up = time.perf_counter()
+    try:
+        call = await open_upstream(
+            rt.session,
+            rt.pool,
+            preq.model,
+            path,
+            up_body,
+            rid,
+            lambda b, kind: rt.metrics.backend_errors.labels(b.url, kind).inc(),
+        )
+    except GatewayError as exc:
+        rt.metrics.in_flight.dec()
+        await settle(rt, adm, tenant, preq.model, None, exc.status)
+        raise
+    pre_overhead = t_up - t0
+    if preq.stream:
+        headers["x-gateway-overhead-ms"] = f"{pre_overhead * 1000:.3f}"
+        rt.metrics.overhead_seconds.observe(pre_overhead)
+        return _stream(rt, call, adm, tenant, preq, headers, t0)
+    try:
+        data, usage = await read_json(call, preq.model)
+    except GatewayError as exc:
+        rt.metrics.in_flight.dec()
+        await settle(rt, adm, tenant, preq.model, None, exc.status)
+        raise
+    t_back = time.perf_counter()
+    if usage is None:
+        log.warning("Backend reported no usage; metering the prompt estimate: request_id=%s", rid)
+        usage = Usage(preq.prompt_tokens_estimate, 0)
+    await settle(rt, adm, tenant, preq.model, usage, 200)
+    rt.metrics.in_flight.dec()
+    end = time.perf_counter()
+    overhead = pre_overhead + (end - t_back)
+    rt.metrics.overhead_seconds.observe(overhead)
+    rt.metrics.e2e_seconds.labels(preq.model).observe(end - t0)
+    headers.update(forwardable_headers(call.response.headers.items()))
+    headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
+    return Response(data, status_code=200, headers=headers)
+
+
+def _stream(
+    rt: Runtime,
+    call: UpstreamCall,
+    adm: Admitted | None,
+    tenant: str,
+    preq: ProxyRequest,
+    headers: dict[str, str],
+    t0: float,
+) -> StreamProxy:
+    async def on_end(usage: Usage, complete: bool, client_gone: bool, first_token_at: float | None) -> None:
+        rt.metrics.in_flight.dec()
+        if client_gone:
+            rt.metrics.disconnects.labels(tenant).inc()
+        status = 200 if complete else (499 if client_gone else 502)
+        await settle(rt, adm, tenant, preq.model, usage, status)
+        end = time.perf_counter()
+        rt.metrics.e2e_seconds.labels(preq.model).observe(end - t0)
+        if first_token_at is not None:
+            rt.metrics.ttft_seconds.labels(preq.model).observe(first_token_at - t0)
+            if usage.completion_tokens > 1:
+                rt.metrics.tpot_seconds.labels(preq.model).observe(
+                    (end - first_token_at) / (usage.completion_tokens - 1)
+                )
+
+    out = forwardable_headers(call.response.headers.items())
+    out.update(headers)
+    out.setdefault("cache-control", "no-cache")
+    return StreamProxy(
+        call,
+        headers=out,
+        client_wants_usage=preq.client_wants_usage,
+        prompt_tokens_estimate=preq.prompt_tokens_estimate,
+        on_end=on_end,
+    )
+
+
+async def list_models(request: Request) -> Response:
+    rid = request_id(request.headers.get("x-request-id"))
+    rt = runtime(request)
+    try:
+        principal = await authenticate(rt, request)
+    except GatewayError as exc:
+        return error_response(exc, {"x-request-id": rid})
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "servelab"}
+        for name in rt.config.allowed_models(principal.tenant)
+    ]
+    return JSONResponse({"object": "list", "data": data}, headers={"x-request-id": rid})
+
+
+async def usage(request: Request) -> Response:
+    """The caller's own tenant only: the key decides the tenant, there is no tenant parameter."""
+    rid = request_id(request.headers.get("x-request-id"))
+    rt = runtime(request)
+    try:
+        principal = await authenticate(rt, request)
+        try:
+            report = await tenant_usage(
+                rt.redis,
+                principal.tenant,
+                rt.config.effective_plan(principal.tenant),
+                request.query_params.get("month"),
+            )
+        except RedisError as exc:
+            rt.redis_failed("usage", exc)
+            raise RedisUnavailable("Usage is unavailable: Redis is unreachable.") from None
+    except GatewayError as exc:
+        return error_response(exc, {"x-request-id": rid})
+    return JSONResponse(report, headers={"x-request-id": rid})

@@ -1,0 +1,189 @@
+"""The gateway's ASGI app: `create_app(settings)`, with every resource opened in the lifespan.
+
+Nothing is created at import time: the Redis pools, the aiohttp session, the metrics registry
+and the key-revocation subscriber are made when the app starts and closed when it stops, so
+tests (and several replicas in one test process) each build their own app with their own
+settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway import admin, api
+from gateway.auth import KeyStore
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import GatewayError, InvalidRequest, UnprocessableRequest, error_response
+from gateway.metrics import GatewayMetrics
+from gateway.proxy import new_session
+from gateway.ratelimit import Limiter
+from gateway.routing import BackendPool
+from gateway.runtime import Runtime, runtime
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger("gateway")
+
+
+def _redis(settings: GatewaySettings) -> Redis:
+    # A blocking pool waits for a free connection instead of raising once all are busy (the
+    # default pool turns a load spike into 500s). One retry without backoff reconnects a
+    # pooled connection that a Redis restart left dead, so recovery needs no gateway restart.
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_pool_max_connections,
+        timeout=settings.redis_pool_timeout_s,
+        socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_connect_timeout_s,
+        retry=Retry(NoBackoff(), 1),
+    )
+    return Redis(connection_pool=pool)
+
+
+def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -> FastAPI:
+    """Build one gateway app; `config` defaults to the YAML file named in settings."""
+    cfg = config if config is not None else load_config(settings.config_path)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = _redis(settings)
+        subscriber = Redis.from_url(
+            settings.redis_url, socket_connect_timeout=settings.redis_connect_timeout_s
+        )
+        metrics = GatewayMetrics()
+        limiter = Limiter(
+            redis,
+            lease_ttl_s=settings.lease_ttl_s,
+            settled_ttl_s=settings.settled_ttl_s,
+            stream_maxlen=settings.usage_stream_maxlen,
+        )
+        keys = KeyStore(redis, settings.key_cache_ttl_s, subscriber=subscriber)
+        session = new_session(
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            read_timeout_s=settings.upstream_read_timeout_s,
+        )
+        pool = BackendPool(
+            {name: m.backends for name, m in cfg.models.items()}, down_s=settings.backend_down_s
+        )
+        rt = Runtime(
+            settings=settings,
+            config=cfg,
+            redis=redis,
+            limiter=limiter,
+            keys=keys,
+            session=session,
+            pool=pool,
+            metrics=metrics,
+        )
+        try:
+            await limiter.load()
+        except RedisError as exc:
+            rt.redis_failed("script_load", exc)
+        subscribed = asyncio.Event()
+        follower = asyncio.create_task(keys.follow_revocations(subscribed))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(subscribed.wait(), timeout=2.0)
+        app.state.runtime = rt
+        log.info(
+            "Gateway ready: tenants=%d models=%d redis_failure_mode=%s",
+            len(cfg.tenants),
+            len(cfg.models),
+            settings.redis_failure_mode,
+        )
+        try:
+            yield
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+            await session.close()
+            await subscriber.aclose()
+            await redis.aclose(close_connection_pool=True)
+
+    app = FastAPI(
+        title="servelab gateway",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/admin/v1/openapi.json",
+    )
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = ".".join(str(p) for p in first["loc"] if p != "body")
+        return error_response(
+            UnprocessableRequest(f"Invalid '{field}': {first['msg']}.", param=field or None)
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        err = InvalidRequest(str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+        err.status = exc.status_code
+        return error_response(err)
+
+    app.add_route("/v1/chat/completions", api.completions, methods=["POST"])
+    app.add_route("/v1/completions", api.completions, methods=["POST"])
+    app.add_route("/v1/models", api.list_models, methods=["GET"])
+    app.add_route("/v1/usage", api.usage, methods=["GET"])
+    app.include_router(admin.build_router())
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> Response:
+        rt = runtime(request)
+        checks: dict[str, str] = {}
+        try:
+            await rt.redis.ping()
+            rt.redis_answered()
+            checks["redis"] = "ok"
+        except RedisError as exc:
+            rt.redis_failed("ping", exc)
+            checks["redis"] = f"error: {exc}"
+        backends_ok = 0
+        for backend in rt.pool.all:
+            checks[backend.url] = await _probe(rt.session, backend.url)
+            backends_ok += checks[backend.url] == "ok"
+        ready = checks["redis"] == "ok" and backends_ok > 0
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(runtime(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _probe(session: aiohttp.ClientSession, url: str) -> str:
+    """'ok' when the backend answers /health (or, failing that, /v1/models) with 2xx."""
+    last = "no answer"
+    for path in ("/health", "/v1/models"):
+        try:
+            async with session.get(url + path, timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
+                if resp.status < 300:
+                    return "ok"
+                last = f"HTTP {resp.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            last = f"error: {type(exc).__name__}"
+    return last

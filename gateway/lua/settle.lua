@@ -1,0 +1,100 @@
+-- settle.lua: close one admitted request in ONE round trip.
+--
+-- Releases the lease, refunds (or charges) the difference between the reservation and the true
+-- usage to the token bucket and the monthly quota, and meters the usage exactly once per
+-- request id: counters per day/model and one event on the tenant's usage stream.
+--
+-- KEYS[1]  rl:{tenant}:tok       token bucket (same layout as in admit.lua)
+-- KEYS[2]  quota:{tenant}        monthly quota hash
+-- KEYS[3]  lease:{tenant}        concurrency leases
+-- KEYS[4]  done:{tenant}:<rid>   marker: this request id was metered already
+-- KEYS[5]  usage:{tenant}        hash {YYYY-MM-DD|model|requests|prompt_tokens|completion_tokens|cost_micro_usd}
+-- KEYS[6]  events:{tenant}       stream, one entry per settled request
+-- ARGV[1]  lease id
+-- ARGV[2]  tokens reserved at admission
+-- ARGV[3]  prompt tokens used
+-- ARGV[4]  completion tokens used
+-- ARGV[5]  1 when the request was served (usage counts), 0 when it failed before serving
+-- ARGV[6]  tokens per minute (bucket capacity and refill rate)
+-- ARGV[7]  quota month the reservation was made in (YYYY-MM, from admit.lua)
+-- ARGV[8]  model
+-- ARGV[9]  cost, integer micro-dollars (integers so INCRBY never drifts like floats would)
+-- ARGV[10] request id
+-- ARGV[11] key id
+-- ARGV[12] latency, ms
+-- ARGV[13] HTTP status
+-- ARGV[14] TTL of the done marker, s
+-- ARGV[15] approximate max length of the usage stream
+-- ARGV[16] tenant
+--
+-- Returns {counted (1 | 0 failed | -1 duplicate request id), token bucket level after}
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local secs = tonumber(t[1])
+
+redis.call('ZREM', KEYS[3], ARGV[1])
+
+local reserved = tonumber(ARGV[2])
+local prompt = tonumber(ARGV[3])
+local completion = tonumber(ARGV[4])
+local served = ARGV[5] == '1'
+local tpm = tonumber(ARGV[6])
+local counted = 0
+local charge = 0
+
+if served then
+  -- A retried or replayed request id is metered once: the first settle wins.
+  if redis.call('SET', KEYS[4], '1', 'NX', 'EX', tonumber(ARGV[14])) then
+    counted = 1
+    charge = prompt + completion
+  else
+    counted = -1
+  end
+end
+
+-- Refund unused reservation (or charge an overrun): the bucket may go negative, which is debt
+-- that the next requests wait out. A missing bucket key has refilled to full and expired.
+local delta = reserved - charge
+local s = redis.call('HMGET', KEYS[1], 't', 'ts')
+local level = tonumber(s[1])
+if level ~= nil then
+  local rate = tpm / 60000.0
+  local elapsed = now - tonumber(s[2])
+  if elapsed < 0 then elapsed = 0 end
+  level = math.min(tpm, math.min(tpm, level + elapsed * rate) + delta)
+  redis.call('HSET', KEYS[1], 't', level, 'ts', now)
+  redis.call('PEXPIRE', KEYS[1], math.max(1000, math.ceil((tpm - level) / rate) + 1000))
+else
+  level = tpm
+end
+if delta ~= 0 then
+  redis.call('HINCRBY', KEYS[2], ARGV[7], -delta)
+end
+
+-- Day from Redis time, like the month in admit.lua.
+local z = math.floor(secs / 86400) + 719468
+local era = math.floor(z / 146097)
+local doe = z - era * 146097
+local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+local mp = math.floor((5 * doy + 2) / 153)
+local d = doy - math.floor((153 * mp + 2) / 5) + 1
+local m = mp < 10 and mp + 3 or mp - 9
+local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+local prefix = string.format('%04d-%02d-%02d|', y, m, d) .. ARGV[8] .. '|'
+
+if counted == 1 then
+  redis.call('HINCRBY', KEYS[5], prefix .. 'requests', 1)
+  redis.call('HINCRBY', KEYS[5], prefix .. 'prompt_tokens', prompt)
+  redis.call('HINCRBY', KEYS[5], prefix .. 'completion_tokens', completion)
+  redis.call('HINCRBY', KEYS[5], prefix .. 'cost_micro_usd', tonumber(ARGV[9]))
+end
+if counted ~= -1 then
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[15], '*',
+    'request_id', ARGV[10], 'tenant', ARGV[16], 'key_id', ARGV[11], 'model', ARGV[8],
+    'prompt_tokens', counted == 1 and prompt or 0, 'completion_tokens', counted == 1 and completion or 0,
+    'cost_micro_usd', counted == 1 and ARGV[9] or 0, 'latency_ms', ARGV[12], 'status', ARGV[13])
+end
+
+return {counted, string.format('%.3f', level)}

@@ -1,0 +1,59 @@
+"""The resources one gateway process shares between requests, opened in the app's lifespan.
+
+Handlers reach them through `runtime(request)`; nothing here exists at import time. It also
+owns the Redis health state: one place records that Redis failed or came back, logs the
+transition once (not once per request) and keeps the `redis_up` gauge true.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import aiohttp
+from redis.asyncio import Redis
+from starlette.requests import Request
+
+from gateway.auth import KeyStore
+from gateway.config import GatewayConfig
+from gateway.metrics import GatewayMetrics
+from gateway.ratelimit import Limiter
+from gateway.routing import BackendPool
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger("gateway.redis")
+
+
+@dataclass
+class Runtime:
+    settings: GatewaySettings
+    config: GatewayConfig
+    redis: Redis
+    limiter: Limiter
+    keys: KeyStore
+    session: aiohttp.ClientSession
+    pool: BackendPool
+    metrics: GatewayMetrics
+    redis_ok: bool = field(default=True)
+
+    def redis_failed(self, op: str, exc: BaseException) -> None:
+        self.metrics.redis_errors.labels(op).inc()
+        if self.redis_ok:
+            self.redis_ok = False
+            self.metrics.redis_up.set(0)
+            log.error(
+                "Redis unreachable, failing %s until it answers again: op=%s error=%s",
+                self.settings.redis_failure_mode,
+                op,
+                exc,
+            )
+
+    def redis_answered(self) -> None:
+        if not self.redis_ok:
+            self.redis_ok = True
+            self.metrics.redis_up.set(1)
+            log.warning("Redis reachable again, admission and metering resumed.")
+
+
+def runtime(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]

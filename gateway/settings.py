@@ -1,0 +1,58 @@
+"""Process settings of one gateway replica, from the environment.
+
+Secrets and per-process knobs live here (envoyproxy/ratelimit keeps process settings apart from
+the limits file); tenants, plans and models live in the YAML file that `config.py` reads. Every
+variable has the `SERVELAB_` prefix, except that the conventional `REDIS_URL` is accepted too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    """Everything one gateway process needs besides its YAML config."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVELAB_", extra="ignore", populate_by_name=True)
+
+    config_path: Path = Field(
+        default=Path(__file__).with_name("demo.yaml"),
+        description="YAML file with plans, tenants and models.",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("SERVELAB_REDIS_URL", "REDIS_URL", "redis_url"),
+        description="Redis that holds keys, buckets, leases and usage (shared by all replicas).",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token for /admin/v1; the admin API answers 503 when unset."
+    )
+    redis_failure_mode: Literal["closed", "open"] = Field(
+        default="closed",
+        description="When Redis is unreachable: 'closed' answers 503, 'open' serves without limits or metering.",
+    )
+    redis_pool_max_connections: int = Field(default=256, description="Size of the blocking Redis pool.")
+    redis_pool_timeout_s: float = Field(default=2.0, description="Wait for a free pooled connection.")
+    redis_socket_timeout_s: float = Field(default=1.0, description="Per-command socket timeout.")
+    redis_connect_timeout_s: float = Field(default=0.5, description="TCP connect timeout to Redis.")
+    lease_ttl_s: float = Field(
+        default=120.0, description="Concurrency lease expiry; bounds what a crashed replica can leak."
+    )
+    settled_ttl_s: int = Field(default=86_400, description="How long a settled request id is remembered.")
+    key_cache_ttl_s: float = Field(
+        default=30.0, description="Per-process API-key cache TTL; pub/sub revocation is the fast path."
+    )
+    usage_stream_maxlen: int = Field(default=100_000, description="Approximate cap of each usage stream.")
+    max_body_bytes: int = Field(default=1_048_576, description="Request bodies above this get 413.")
+    upstream_connect_timeout_s: float = Field(default=5.0, description="TCP connect timeout to a backend.")
+    upstream_read_timeout_s: float = Field(
+        default=300.0, description="Longest silence allowed between two reads from a backend."
+    )
+    backend_down_s: float = Field(
+        default=2.0, description="How long a backend that refused a connection is skipped by routing."
+    )
+    log_level: str = Field(default="info", description="Python logging level of the gateway loggers.")

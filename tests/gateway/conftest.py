@@ -1,0 +1,108 @@
+"""Gateway test fixtures: configs written to files, gateways on real sockets, keys via the admin API.
+
+`gateway` runs one gateway in-process (uvicorn in a thread on a free port); `gateway_proc` runs
+it as its own process (`python -m gateway`) for multi-replica and crash tests. Both talk to the
+session's real redis-server and to real upstreams started by `fast_upstream`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+import yaml
+from gwkit import ADMIN_TOKEN, GatewayHandle, plan
+
+from gateway.app import create_app
+from gateway.config import load_config
+from gateway.settings import GatewaySettings
+from servelab.procs import Child, free_port, python_module, wait_http_ok
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a config with one model 'fast' on `backends` and tenants given as name -> plan dict."""
+
+    def _write(backends: list[str], tenants: dict[str, dict[str, Any]] | None = None, **model: Any) -> Path:
+        tenants = tenants or {"acme": plan()}
+        data = {
+            "plans": {f"plan-{name}": p for name, p in tenants.items()},
+            "tenants": {name: {"plan": f"plan-{name}", "models": ["fast"]} for name in tenants},
+            "models": {
+                "fast": {
+                    "backends": backends,
+                    "input_price_per_million_usd": 0.5,
+                    "output_price_per_million_usd": 1.5,
+                    **model,
+                },
+                "other": {"backends": backends},
+            },
+        }
+        path = tmp_path / f"gateway-{free_port()}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return _write
+
+
+def _settings(redis_url: str, config_path: Path, **kw: Any) -> GatewaySettings:
+    return GatewaySettings(
+        config_path=config_path,
+        redis_url=redis_url,
+        admin_token=ADMIN_TOKEN,
+        **{"lease_ttl_s": 2.0, "upstream_read_timeout_s": 10.0, **kw},
+    )
+
+
+class _ThreadServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the test thread is not the main thread
+        pass
+
+
+@pytest.fixture
+def gateway(redis_url: str) -> Iterator[Callable[..., GatewayHandle]]:
+    """Start in-process gateways (uvicorn in a thread); all stopped at test end."""
+    servers: list[tuple[_ThreadServer, threading.Thread]] = []
+
+    def _start(config_path: Path, **settings_kw: Any) -> GatewayHandle:
+        settings = _settings(settings_kw.pop("redis_url", redis_url), config_path, **settings_kw)
+        app = create_app(settings, load_config(config_path))
+        port = free_port()
+        server = _ThreadServer(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on",
+                           loop="asyncio")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz", timeout_s=15)
+        return GatewayHandle(url=f"http://127.0.0.1:{port}", config_path=config_path)
+
+    yield _start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def gateway_proc(redis_url: str, spawn: Callable[..., Child]) -> Callable[..., tuple[GatewayHandle, Child]]:
+    """Start a gateway as its own process (python -m gateway)."""
+
+    def _start(config_path: Path, lease_ttl_s: float = 2.0, **env: str) -> tuple[GatewayHandle, Child]:
+        port = free_port()
+        argv = python_module(
+            "gateway", "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port),
+            "--lease-ttl-s", str(lease_ttl_s),
+        )
+        child = spawn(
+            f"gateway-{port}", argv,
+            env={"REDIS_URL": env.pop("redis_url", redis_url), "SERVELAB_ADMIN_TOKEN": ADMIN_TOKEN, **env},
+        )
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz", timeout_s=20, proc=child.popen)
+        return GatewayHandle(url=f"http://127.0.0.1:{port}", config_path=config_path), child
+
+    return _start
