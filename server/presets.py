@@ -191,6 +191,18 @@ PRESETS: dict[str, Preset] = {
             load_format="dummy",
         ),
         Preset(
+            name="mixtral-8x7b-dummy-h200",
+            description="Mixtral-8x7B architecture, dummy weights, bf16 on ONE H200 (93 GB of weights fit "
+            "in 141 GB): the single-GPU shape for simulator-vs-vLLM timings",
+            model="mixtral-8x7b",
+            gpu="h200",
+            tp=1,
+            dtype="bf16",
+            max_model_len=8192,
+            model_path="checkpoints/mixtral-8x7b",
+            load_format="dummy",
+        ),
+        Preset(
             name="mistral-7b-h100",
             description="Mistral-7B-Instruct-v0.3, bf16, one H100 80GB (dense reference)",
             model="mistral-7b",
