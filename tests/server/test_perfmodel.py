@@ -122,3 +122,14 @@ def test_vllm_0_5_profile_is_derived_from_the_published_38_percent_gpu_share() -
     derived = (cpu_s - V1_FACTORS.step_overhead_s) / 256
     assert PROFILES["vllm-0.5"].per_seq_overhead_s == pytest.approx(derived, rel=0.02)
     assert PROFILES["vllm-v1"] is V1_FACTORS
+
+
+def test_fidelity_sharegpt_like_lengths_pass_vllms_filter_with_the_reference_means() -> None:
+    from loadtest.bench.fidelity import sharegpt_like
+
+    ins, outs = sharegpt_like(4000, seed=0)
+    assert ins.min() >= 4 and outs.min() >= 4 and ins.max() <= 1024 and (ins + outs).max() <= 2048
+    assert ins.mean() == pytest.approx(230, rel=0.05)
+    assert outs.mean() == pytest.approx(219, rel=0.05)
+    again, _ = sharegpt_like(4000, seed=0)
+    assert (again == ins).all()  # seeded
