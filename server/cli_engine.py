@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
             max_model_len=max_model_len,
             scheduling_policy=scheduling_policy.value, speedup=speedup, default_max_tokens=default_max_tokens,
-            output_len=output_len, num_kv_blocks=num_kv_blocks, seed=seed,
+            output_len=output_len, num_kv_blocks=num_kv_blocks, seed=seed, block_size=16,
         )
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
 

@@ -264,23 +264,23 @@ class Scheduler:
         if not out.preempted:
             waiting = self.waiting
             while budget > 0 and len(waiting) > 0 and len(running) < cfg.max_num_seqs:
-                req = waiting.peek()
-                if req is None:
+                head = waiting.peek()
+                if head is None:
                     break
-                n = req.prompt_len + req.num_output - req.num_computed
+                n = head.prompt_len + head.num_output - head.num_computed
                 if n > budget:
                     n = budget
-                need = -(-(req.num_computed + n) // bs) - req.num_blocks
+                need = -(-(head.num_computed + n) // bs) - head.num_blocks
                 if need > 0 and not kv.try_allocate(need):
                     break
                 waiting.pop()
-                req.num_blocks += need
-                req.status = Status.RUNNING
-                running.append(req)
-                if n == 1 and req.num_output > 0:
-                    decodes.append(req)
+                head.num_blocks += need
+                head.status = Status.RUNNING
+                running.append(head)
+                if n == 1 and head.num_output > 0:
+                    decodes.append(head)
                 else:
-                    prefills.append(req)
+                    prefills.append(head)
                     prefill_new.append(n)
                 budget -= n
         return out

@@ -28,7 +28,7 @@ class PromptCounter:
         if tools:
             body["tools"] = tools
         try:
-            req = ChatCompletionRequest.model_validate(body)
+            req: ChatCompletionRequest = ChatCompletionRequest.model_validate(body)
             return len(self.tokenizer.encode_chat_completion(req).tokens)
         except Exception as exc:  # mistral-common raises pydantic and its own validation errors
             raise PromptError(_first_line(str(exc))) from exc
