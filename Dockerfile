@@ -8,7 +8,7 @@
 # Built from the repo's pyproject only (no dev extras, no torch, no vLLM: the GPU path runs the
 # official vllm/vllm-openai image). No secrets are baked in: the admin token and REDIS_URL come from
 # the environment at run time. Runs as an unprivileged user with a fixed UID so Kubernetes
-# `runAsNonRoot` can check it.
+# `runAsNonRoot` can check it; caches go to /tmp so a read-only root filesystem works (k8s/).
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
@@ -38,7 +38,9 @@ COPY --from=build /opt/servelab /opt/servelab
 ENV PATH=/opt/servelab/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    SERVELAB_HEALTH_URL=http://127.0.0.1:8080/healthz
+    SERVELAB_HEALTH_URL=http://127.0.0.1:8080/healthz \
+    XDG_CACHE_HOME=/tmp/.cache \
+    MPLCONFIGDIR=/tmp/matplotlib
 USER 10001:10001
 WORKDIR /home/servelab
 EXPOSE 8080 8000
