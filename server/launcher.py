@@ -12,6 +12,7 @@ import shlex
 import shutil
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +75,10 @@ def start_server(opts: LaunchOptions) -> Child:
     return child
 
 
-def serve_forever(opts: LaunchOptions, on_ready: object = None) -> int:
+def serve_forever(opts: LaunchOptions, on_ready: Callable[[Child], None] | None = None) -> int:
     """Run vLLM until it exits or we get SIGINT/SIGTERM, then stop it; returns its exit code."""
     child = start_server(opts)
-    if callable(on_ready):
+    if on_ready is not None:
         on_ready(child)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
