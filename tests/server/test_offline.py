@@ -82,3 +82,40 @@ def test_length_distributions_parse_and_clip(spec: str) -> None:
 def test_bad_length_spec_says_what_is_accepted() -> None:
     with pytest.raises(ValueError, match="uniform:LO:HI"):
         LengthDist.parse("zipf:1")
+
+
+def test_simulate_command_prints_table_and_writes_json(tmp_path) -> None:
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from server import cli_engine
+
+    app = typer.Typer()
+    cli_engine.register(app)
+    out = tmp_path / "sim.json"
+    res = CliRunner().invoke(app, [
+        "simulate", "--model", "mixtral-8x7b", "--gpu", "h100", "--tp", "2", "--num-requests", "64",
+        "--input-len", "uniform:100:300", "--output-len", "32", "--rate", "20", "--replicas", "2",
+        "--slo-ttft", "1", "--slo-tpot", "0.05", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "TTFT" in res.output and "goodput" in res.output
+    data = json.loads(out.read_text())
+    assert data["inputs"]["replicas"] == 2 and data["inputs"]["workload"]["rate"] == 20.0
+    assert data["results"]["num_requests"] == 64
+    assert data["inputs"]["perf_model"]["model"] == "mixtral-8x7b"
+
+
+def test_serve_vllm_dry_run_prints_the_command() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from server import cli_engine
+
+    app = typer.Typer()
+    cli_engine.register(app)
+    res = CliRunner().invoke(app, ["serve", "--engine", "vllm", "--preset", "mixtral-8x7b-bf16-tp2",
+                                   "--port", "8123", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("vllm serve ") and "--port 8123" in res.output
