@@ -239,3 +239,50 @@ def _try_usage(stack: dict[str, Any]) -> dict[str, Any] | None:
         return _usage(stack)
     except OSError:  # urllib's HTTPError (a 503 while Redis is reconnecting) is an OSError too
         return None
+
+
+def _swap(argv: list[str], flag: str, value: str) -> list[str]:
+    out = list(argv)
+    out[out.index(flag) + 1] = value
+    return out
+
+
+def test_container_commands_start_the_real_servers(spawn: Any, redis_url: str, tmp_path: Path) -> None:
+    """The exact commands compose and k8s give the servelab image, run here on 127.0.0.1."""
+    from deploy_files import COMPOSE_BASE, COMPOSE_OVERRIDES, compose_config, rendered
+
+    from servelab.procs import python_module, wait_http_ok
+
+    project = compose_config(COMPOSE_BASE, COMPOSE_OVERRIDES["cpu"])
+    objs = rendered("kind")
+    k8s_args = {
+        o["metadata"]["name"]: o["spec"]["template"]["spec"]["containers"][0]["args"]
+        for o in objs
+        if o["kind"] == "Deployment" and o["metadata"]["name"] in {"gateway", "simulator"}
+    }
+    sim_cmd = project["services"]["sim-1"]["command"]
+    gw_cmd = project["services"]["gateway"]["command"]
+    assert k8s_args == {"simulator": sim_cmd, "gateway": gw_cmd}, "compose and k8s run the same commands"
+
+    sim_port, gw_port = free_port(), free_port()
+    sim = spawn(
+        "sim",
+        python_module("servelab.cli", *_swap(_swap(sim_cmd, "--host", "127.0.0.1"), "--port", str(sim_port))),
+    )
+    wait_http_ok(f"http://127.0.0.1:{sim_port}/health", timeout_s=30, proc=sim.popen)
+
+    config = yaml.safe_load((DEPLOY / "gateway" / "cpu.yaml").read_text())
+    config["models"]["mixtral-8x7b"]["backends"] = [f"http://127.0.0.1:{sim_port}"]
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
+    argv = _swap(
+        _swap(_swap(gw_cmd, "--config", str(tmp_path / "gateway.yaml")), "--host", "127.0.0.1"),
+        "--port",
+        str(gw_port),
+    )
+    env = {"REDIS_URL": redis_url, "SERVELAB_ADMIN_TOKEN": "test-admin"}
+    gw = spawn("gateway", python_module("servelab.cli", *argv), env=env)
+    wait_http_ok(f"http://127.0.0.1:{gw_port}/readyz", timeout_s=30, proc=gw.popen)
+    wait_http_ok(f"http://127.0.0.1:{gw_port}/healthz", timeout_s=5, proc=gw.popen)
+    # The image's HEALTHCHECK and the compose healthchecks probe these same paths.
+    assert "/readyz" in " ".join(project["services"]["gateway"]["healthcheck"]["test"])
+    assert "/health" in " ".join(project["services"]["sim-1"]["healthcheck"]["test"])
