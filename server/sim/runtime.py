@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 from server.sim.clock import MonotonicClock
 from server.sim.engine import Engine
@@ -30,6 +31,7 @@ from server.sim.request import Request
 log = logging.getLogger(__name__)
 
 MAX_CATCHUP_S = 0.05
+SLEEP_SLICE_S = 0.001
 
 
 class AsyncEngine:
@@ -96,8 +98,7 @@ class AsyncEngine:
             if target < 0 or t_start - target > MAX_CATCHUP_S:
                 target = t_start
             target += plan.duration_s / self.speedup
-            delay = target - mono()
-            await asyncio.sleep(delay if delay > 0 else 0)
+            await _sleep_until(target, mono)
             t_end = mono()
             c2, k2 = cpu(), thread_cpu()
             out = eng.complete(plan, self.clock.now())
@@ -117,3 +118,19 @@ class AsyncEngine:
             m.step_lateness.observe(lateness)
             self.recent.append((overhead, lateness, plan.num_decode + len(plan.schedule.prefills),
                                 plan.duration_s, t_end, overhead_cpu))
+
+
+async def _sleep_until(target: float, mono: Callable[[], float]) -> None:
+    """Sleep until monotonic time `target`, in short slices.
+
+    Measured on the 2-core dev VM with 256 streams (/sim/stats lateness): one long asyncio.sleep
+    per step woke ~6 ms late at the median, 1 ms slices ~0.1 ms late. Our reading is that a
+    process that goes idle is slow to get the CPU back there; slicing costs about 1000 wakeups a
+    second while a step is in flight.
+    """
+    while True:
+        left = target - mono()
+        if left <= 0:
+            await asyncio.sleep(0)  # still let the handlers woken last step run
+            return
+        await asyncio.sleep(left if left < SLEEP_SLICE_S else SLEEP_SLICE_S)
