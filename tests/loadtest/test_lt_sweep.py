@@ -1,0 +1,101 @@
+"""`sweep` on the simulator server: the measured knee lies where the offline simulator predicts it.
+
+The simulator's engine clock runs at half real speed (--speedup 0.5) and the workload is
+prefill-heavy (4096-token prompts, 16-token outputs), so the engine saturates at a few real
+requests per second: enough steps fit in ~25 s and the HTTP work stays light on a 2-core box.
+The prediction (loadtest/predict.py) runs the same model/GPU/TP and the same per-step request
+counts through `server.sim.offline.simulate` and applies the same knee rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from loadtest import report
+from loadtest.predict import predict_knee
+from loadtest.runner import Plan, execute
+from loadtest.stats import Slo
+from loadtest.workloads import LengthDist, WorkloadSpec
+from servelab.procs import Child, free_port, python_module, wait_http_ok
+
+RATES = [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+STEP_S = 4.0
+SLO = Slo(ttft_s=1.75, tpot_s=0.75)
+SPEEDUP = 0.5
+
+
+@pytest.mark.slow
+def test_sweep_knee_within_20_percent_of_offline_simulator(
+    spawn: Callable[..., Child], tmp_path: Path
+) -> None:
+    port = free_port()
+    child = spawn(
+        "sim",
+        python_module(
+            "servelab.cli",
+            "serve",
+            "--engine",
+            "sim",
+            "--model",
+            "mixtral-8x7b",
+            "--gpu",
+            "h100",
+            "--tp",
+            "2",
+            "--dtype",
+            "bf16",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--speedup",
+            str(SPEEDUP),
+        ),
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_http_ok(f"{base}/health", timeout_s=60, proc=child.popen)
+    wl = WorkloadSpec(input=LengthDist("fixed", 4096), output=LengthDist("fixed", 16), n=32)
+    plan = Plan(
+        scenario="sweep",
+        target=base,
+        model="mixtral-8x7b",
+        keys={"default": "sk-none"},
+        workload=wl,
+        duration_s=STEP_S * len(RATES),
+        rates={"default": RATES},
+        slo=SLO,
+        metrics_urls=(f"{base}/metrics",),
+        drain_s=30,
+    )
+    s = report.build(execute(plan, tmp_path, log=print), plan)
+    steps = s["steps"]
+    assert [st["offered_rps"] for st in steps] == RATES
+    assert all(st["achieved_rps"] == pytest.approx(st["offered_rps"], rel=0.05) for st in steps)
+    assert s["serverside"]["tokens_match"] is True
+    measured = s["knee"]["rate_rps"]
+    mean_prompt = (
+        s["overall"]["prompt_tokens"] / s["overall"]["ok"]
+    )  # content + chat template, server-counted
+    pred = predict_knee(RATES, STEP_S, SLO, round(mean_prompt), 16, tp=2, speedup=SPEEDUP)
+    print(
+        "predicted",
+        [(p.rate_rps, round(p.ttft_p95_s, 3), round(p.tpot_p95_s, 3)) for p in pred.steps],
+        "knee",
+        pred.knee_rps,
+        "measured",
+        measured,
+        [
+            (
+                st["offered_rps"],
+                round(st["summary"]["ttft"]["p95"], 3),
+                round(st["summary"]["tpot"]["p95"], 3),
+            )
+            for st in steps
+        ],
+    )
+    assert pred.knee_rps is not None and measured is not None
+    assert abs(measured - pred.knee_rps) <= 0.2 * pred.knee_rps
+    assert (tmp_path / "sweep.png").exists()
