@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from gateway.auth import Principal
 from gateway.config import EffectivePlan, Model
@@ -26,6 +27,7 @@ from gateway.errors import (
     AuthenticationFailed,
     BodyTooLarge,
     GatewayError,
+    InvalidRequest,
     ModelNotAllowed,
     ModelNotFound,
     RedisUnavailable,
@@ -66,23 +68,28 @@ class Admitted:
     started: float
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
+async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
+    length = headers.get(b"content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        raise BodyTooLarge(f"Request body of {length} bytes is over the limit of {limit} bytes.")
+        raise BodyTooLarge(f"Request body of {int(length)} bytes is over the limit of {limit} bytes.")
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise InvalidRequest("Client disconnected while sending the body.")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge(f"Request body is over the limit of {limit} bytes.")
         parts.append(chunk)
-    return b"".join(parts)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-async def authenticate(rt: Runtime, request: Request) -> Principal:
+async def authenticate(rt: Runtime, authorization: str | None) -> Principal:
     try:
-        principal = await rt.keys.authenticate(request.headers.get("authorization"))
+        principal = await rt.keys.authenticate(authorization)
     except RedisError as exc:
         rt.redis_failed("auth", exc)
         raise RedisUnavailable("Cannot verify the API key: Redis is unreachable.") from None
@@ -159,19 +166,25 @@ async def settle(
         )
 
 
-async def completions(request: Request) -> Response:
-    rid = request_id(request.headers.get("x-request-id"))
+async def completions(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
+    """Raw ASGI handler of both completion routes (app.py dispatches to it before FastAPI)."""
+    headers = dict(scope["headers"])
+    rid_header = headers.get(b"x-request-id")
+    rid = request_id(rid_header.decode("latin-1") if rid_header else None)
     try:
-        return await _completions(request, rid, request.url.path.endswith("/chat/completions"))
+        response = await _completions(rt, headers, receive, rid, scope["path"] == "/v1/chat/completions")
     except GatewayError as exc:
-        return error_response(exc, {"x-request-id": rid})
+        response = error_response(exc, {"x-request-id": rid})
+    await response(scope, receive, send)
 
 
-async def _completions(request: Request, rid: str, chat: bool) -> Response:
+async def _completions(
+    rt: Runtime, headers: dict[bytes, bytes], receive: Receive, rid: str, chat: bool
+) -> Response:
     t0 = time.perf_counter()
-    rt = runtime(request)
-    raw = await read_body(request, rt.settings.max_body_bytes)
-    principal = await authenticate(rt, request)
+    raw = await read_body(receive, headers, rt.settings.max_body_bytes)
+    auth = headers.get(b"authorization")
+    principal = await authenticate(rt, auth.decode("latin-1") if auth else None)
     tenant = principal.tenant
     preq = parse_request(raw, chat=chat)
     model = rt.config.models.get(preq.model)
@@ -180,7 +193,7 @@ async def _completions(request: Request, rid: str, chat: bool) -> Response:
     allowed = rt.config.tenants[tenant].models
     if allowed != "*" and preq.model not in allowed:
         raise ModelNotAllowed(f"Tenant {tenant!r} may not use model {preq.model!r}.", param="model")
-    plan = rt.config.effective_plan(tenant)
+    plan = rt.plan(tenant)
     up_body, max_tokens = _upstream_body(raw, preq, plan, model)
     reserve = preq.prompt_tokens_estimate + max_tokens
 
@@ -194,25 +207,18 @@ async def _completions(request: Request, rid: str, chat: bool) -> Response:
     except RedisError as exc:
         rt.redis_failed("admit", exc)
         if rt.settings.redis_failure_mode == "closed":
-            raise RedisUnavailable(
-                "Rate limiting is unavailable (Redis unreachable); failing closed."
-            ) from None
+            raise RedisUnavailable("Rate limiting is unavailable: Redis is unreachable.") from None
         rt.metrics.fail_open.inc()
         decision = None
-    headers = {"x-request-id": rid}
+    out_headers = {"x-request-id": rid}
+    adm: Admitted | None = None
     if decision is not None:
         if not decision.allowed:
             rt.metrics.rate_limited.labels(tenant, decision.limit).inc()
             rt.metrics.requests.labels(tenant, preq.model, "429").inc()
             raise rejection(decision, tenant)
-        headers.update(rate_limit_headers(decision))
-    adm = (
-        Admitted(
-            principal, plan, preq.model, model, lease_id, reserve, decision.month if decision else "", rid, t0
-        )
-        if decision
-        else None
-    )
+        out_headers.update(rate_limit_headers(decision))
+        adm = Admitted(principal, plan, preq.model, model, lease_id, reserve, decision.month, rid, t0)
 
     rt.metrics.in_flight.inc()
     path = "/v1/chat/completions" if chat else "/v1/completions"
@@ -233,9 +239,9 @@ async def _completions(request: Request, rid: str, chat: bool) -> Response:
         raise
     pre_overhead = t_up - t0
     if preq.stream:
-        headers["x-gateway-overhead-ms"] = f"{pre_overhead * 1000:.3f}"
+        out_headers["x-gateway-overhead-ms"] = f"{pre_overhead * 1000:.3f}"
         rt.metrics.overhead_seconds.observe(pre_overhead)
-        return _stream(rt, call, adm, tenant, preq, headers, t0)
+        return _stream(rt, call, adm, tenant, preq, out_headers, t0)
     try:
         data, usage = await read_json(call, preq.model)
     except GatewayError as exc:
@@ -252,9 +258,9 @@ async def _completions(request: Request, rid: str, chat: bool) -> Response:
     overhead = pre_overhead + (end - t_back)
     rt.metrics.overhead_seconds.observe(overhead)
     rt.metrics.e2e_seconds.labels(preq.model).observe(end - t0)
-    headers.update(forwardable_headers(call.response.headers.items()))
-    headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
-    return Response(data, status_code=200, headers=headers)
+    out_headers.update(forwardable_headers(call.response.headers.items()))
+    out_headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
+    return Response(data, status_code=200, headers=out_headers)
 
 
 def _stream(
@@ -297,7 +303,7 @@ async def list_models(request: Request) -> Response:
     rid = request_id(request.headers.get("x-request-id"))
     rt = runtime(request)
     try:
-        principal = await authenticate(rt, request)
+        principal = await authenticate(rt, request.headers.get("authorization"))
     except GatewayError as exc:
         return error_response(exc, {"x-request-id": rid})
     data = [
@@ -312,12 +318,12 @@ async def usage(request: Request) -> Response:
     rid = request_id(request.headers.get("x-request-id"))
     rt = runtime(request)
     try:
-        principal = await authenticate(rt, request)
+        principal = await authenticate(rt, request.headers.get("authorization"))
         try:
             report = await tenant_usage(
                 rt.redis,
                 principal.tenant,
-                rt.config.effective_plan(principal.tenant),
+                rt.plan(principal.tenant),
                 request.query_params.get("month"),
             )
         except RedisError as exc:

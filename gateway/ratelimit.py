@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from redis.asyncio import Redis
-
 from gateway.config import EffectivePlan
+from gateway.scriptconn import Script, ScriptConnection
 
 LimitName = Literal["", "concurrency", "requests", "tokens", "quota"]
 
@@ -80,10 +79,11 @@ def cost_micro_usd(usage: Usage, input_per_million_usd: float, output_per_millio
 class Limiter:
     """Runs admit.lua and settle.lua for one gateway process."""
 
-    def __init__(self, redis: Redis, *, lease_ttl_s: float, settled_ttl_s: int, stream_maxlen: int) -> None:
-        self._redis = redis
-        self._admit = redis.register_script(_lua("admit.lua"))
-        self._settle = redis.register_script(_lua("settle.lua"))
+    def __init__(
+        self, conn: ScriptConnection, *, lease_ttl_s: float, settled_ttl_s: int, stream_maxlen: int
+    ) -> None:
+        self._admit = Script(conn, _lua("admit.lua"))
+        self._settle = Script(conn, _lua("settle.lua"))
         self._lease_ms = str(int(lease_ttl_s * 1000))
         self._settled_ttl = str(settled_ttl_s)
         self._maxlen = str(stream_maxlen)
@@ -98,7 +98,7 @@ class Limiter:
     async def load(self) -> None:
         """SCRIPT LOAD both scripts so the first request does not pay for it."""
         for script in (self._admit, self._settle):
-            script.sha = await self._redis.script_load(script.script)
+            await script.load()
 
     async def admit(self, tenant: str, plan: EffectivePlan, reserve: int, lease_id: str) -> Decision:
         k = self._k(tenant)

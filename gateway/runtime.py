@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 
 from gateway.auth import KeyStore
-from gateway.config import GatewayConfig
+from gateway.config import EffectivePlan, GatewayConfig
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import Limiter
 from gateway.routing import BackendPool
@@ -35,6 +35,13 @@ class Runtime:
     pool: BackendPool
     metrics: GatewayMetrics
     redis_ok: bool = field(default=True)
+    plans: dict[str, EffectivePlan] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.plans = {t: self.config.effective_plan(t) for t in self.config.tenants}
+
+    def plan(self, tenant: str) -> EffectivePlan:
+        return self.plans[tenant]
 
     def redis_failed(self, op: str, exc: BaseException) -> None:
         self.metrics.redis_errors.labels(op).inc()

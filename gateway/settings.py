@@ -33,7 +33,7 @@ class GatewaySettings(BaseSettings):
     )
     redis_failure_mode: Literal["closed", "open"] = Field(
         default="closed",
-        description="When Redis is unreachable: 'closed' answers 503, 'open' serves without limits or metering.",
+        description="When Redis is unreachable: 'closed' answers 503, 'open' serves unlimited, unmetered.",
     )
     redis_pool_max_connections: int = Field(default=256, description="Size of the blocking Redis pool.")
     redis_pool_timeout_s: float = Field(default=2.0, description="Wait for a free pooled connection.")

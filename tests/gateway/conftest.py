@@ -73,8 +73,15 @@ def gateway(redis_url: str) -> Iterator[Callable[..., GatewayHandle]]:
         app = create_app(settings, load_config(config_path))
         port = free_port()
         server = _ThreadServer(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on",
-                           loop="asyncio")
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                access_log=False,
+                lifespan="on",
+                loop="asyncio",
+            )
         )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -95,11 +102,19 @@ def gateway_proc(redis_url: str, spawn: Callable[..., Child]) -> Callable[..., t
     def _start(config_path: Path, lease_ttl_s: float = 2.0, **env: str) -> tuple[GatewayHandle, Child]:
         port = free_port()
         argv = python_module(
-            "gateway", "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port),
-            "--lease-ttl-s", str(lease_ttl_s),
+            "gateway",
+            "--config",
+            str(config_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--lease-ttl-s",
+            str(lease_ttl_s),
         )
         child = spawn(
-            f"gateway-{port}", argv,
+            f"gateway-{port}",
+            argv,
             env={"REDIS_URL": env.pop("redis_url", redis_url), "SERVELAB_ADMIN_TOKEN": ADMIN_TOKEN, **env},
         )
         wait_http_ok(f"http://127.0.0.1:{port}/healthz", timeout_s=20, proc=child.popen)

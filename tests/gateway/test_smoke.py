@@ -10,8 +10,11 @@ def test_chat_roundtrip(fast_upstream, write_config, gateway) -> None:
     client = gw.client(key)
     out = client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hello world!"}])
     assert out.usage.completion_tokens == 5
-    chunks = list(client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}],
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model="fast", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    )
     assert sum(1 for c in chunks if c.choices) == 5
     u = gw.usage("acme")
     assert u["totals"]["requests"] == 2, u

@@ -1,0 +1,339 @@
+"""How much latency and CPU the gateway adds over calling its upstream directly.
+
+    .venv/bin/python -m loadtest.bench.gateway_overhead --duration 10 \
+        --out docs/results/gateway-overhead.md
+
+Starts on 127.0.0.1 a real redis-server, the fast upstream (`loadtest.bench.upstream`, 16 tokens,
+no artificial delay) and one gateway worker (`python -m gateway`, uvloop + httptools), then
+sends open-loop traffic (requests start on a fixed schedule whatever the answers do) at each
+rate, first straight to the upstream and then through the gateway, non-streaming and streaming.
+It reports, per rate: p50/p95/p99 end-to-end latency both ways and their difference (the added
+latency), the achieved rate, errors, gateway CPU per request (utime+stime of its process from
+/proc), and Redis commands per request from `INFO commandstats` (EVALSHA calls are the round
+trips; commands run inside the scripts are listed apart). It then raises the rate until the
+gateway falls behind (achieved < 97% of offered, errors, or p99 over 100 ms) to find the
+highest rate it sustains. The load generator runs in this process on the same machine, so
+every number includes sharing the CPUs with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import httpx
+import redis
+import yaml
+
+from servelab.procs import Child, free_port, python_module, start, wait_http_ok
+from servelab.redisproc import start_redis
+
+MODEL = "fast"
+ADMIN = "bench-admin-token"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    target: str
+    stream: bool
+    rate: float
+    sent: int
+    ok: int
+    errors: int
+    achieved_rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    lag_p99_ms: float  # how late the generator started requests (its own saturation)
+    cpu_ms_per_req: float | None
+    redis_per_req: dict[str, float] | None
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def commandstats(r: redis.Redis) -> dict[str, int]:
+    info = r.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
+
+
+async def one(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], stream: bool
+) -> bool:
+    async with session.post(url, data=body, headers=headers) as resp:
+        if stream:
+            async for _ in resp.content.iter_any():
+                pass
+        else:
+            await resp.read()
+        return resp.status == 200
+
+
+async def open_loop(
+    url: str, key: str | None, rate: float, duration_s: float, stream: bool
+) -> tuple[list[float], list[float], int, int, float]:
+    body = json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Say hello to the benchmark."}],
+            "max_tokens": 16,
+            "stream": stream,
+        }
+    ).encode()
+    headers = {"content-type": "application/json"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    n = int(rate * duration_s)
+    lat: list[float] = []
+    lag: list[float] = []
+    errors = 0
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        # warm the connection pool and the gateway's key cache
+        await asyncio.gather(*(one(session, url, body, headers, stream) for _ in range(20)))
+        loop = asyncio.get_running_loop()
+        t0 = loop.time() + 0.05
+
+        async def fire(i: int) -> None:
+            nonlocal errors
+            due = t0 + i / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            start_t = loop.time()
+            lag.append(start_t - due)
+            try:
+                ok = await one(session, url, body, headers, stream)
+            except (aiohttp.ClientError, TimeoutError):
+                ok = False
+            if ok:
+                lat.append(loop.time() - start_t)
+            else:
+                errors += 1
+
+        await asyncio.gather(*(fire(i) for i in range(n)))
+        elapsed = loop.time() - t0
+    return lat, lag, n, errors, elapsed
+
+
+def run(
+    target: str,
+    url: str,
+    key: str | None,
+    rate: float,
+    duration_s: float,
+    stream: bool,
+    gw_pid: int | None,
+    r: redis.Redis,
+) -> RunResult:
+    cpu0 = cpu_seconds(gw_pid) if gw_pid else 0.0
+    cs0 = commandstats(r)
+    lat, lag, n, errors, elapsed = asyncio.run(open_loop(url, key, rate, duration_s, stream))
+    cpu = (cpu_seconds(gw_pid) - cpu0) if gw_pid else None
+    cs1 = commandstats(r)
+    total = n + 20  # the warm-up requests count too
+    redis_per = None
+    if gw_pid:
+        redis_per = {
+            k: round((cs1.get(k, 0) - cs0.get(k, 0)) / total, 3)
+            for k in cs1
+            if cs1.get(k, 0) - cs0.get(k, 0) > 0 and k not in ("info",)
+        }
+    ms = [x * 1000 for x in lat]
+    return RunResult(
+        target=target,
+        stream=stream,
+        rate=rate,
+        sent=n,
+        ok=len(lat),
+        errors=errors,
+        achieved_rps=len(lat) / elapsed if elapsed > 0 else 0.0,
+        p50_ms=pct(ms, 0.50),
+        p95_ms=pct(ms, 0.95),
+        p99_ms=pct(ms, 0.99),
+        lag_p99_ms=pct([x * 1000 for x in lag], 0.99),
+        cpu_ms_per_req=(cpu * 1000 / total) if cpu is not None else None,
+        redis_per_req=redis_per,
+    )
+
+
+def sustained(res: RunResult) -> bool:
+    return res.errors == 0 and res.achieved_rps >= 0.97 * res.rate and res.p99_ms <= 100
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per rate step")
+    ap.add_argument("--rates", default="50,200,500", help="fixed rates compared with the direct path")
+    ap.add_argument("--ramp", default="600,800,1000,1200,1500,2000", help="rates tried for the maximum")
+    ap.add_argument("--modes", default="nonstream,stream")
+    ap.add_argument("--out", type=Path, default=None, help="write the Markdown report here")
+    ap.add_argument("--json", type=Path, default=None, help="write raw results as JSON here")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="gw-bench-"))
+    children: list[Child] = []
+    rs = start_redis(work / "redis")
+    try:
+        up_port, gw_port = free_port(), free_port()
+        up = start(
+            "upstream",
+            python_module(
+                "loadtest.bench.upstream", "--port", str(up_port), "--tokens", "16", "--model", MODEL
+            ),
+            log_path=work / "upstream.log",
+        )
+        children.append(up)
+        up_url = f"http://127.0.0.1:{up_port}"
+        wait_http_ok(f"{up_url}/health", 20, up.popen)
+        cfg = {
+            "plans": {
+                "bench": {
+                    "requests_per_minute": 10_000_000,
+                    "tokens_per_minute": 1_000_000_000,
+                    "tokens_per_month": 10**15,
+                    "max_concurrent_requests": 100_000,
+                    "default_max_tokens": 16,
+                }
+            },
+            "tenants": {"bench": {"plan": "bench"}},
+            "models": {
+                MODEL: {
+                    "backends": [up_url],
+                    "input_price_per_million_usd": 0.5,
+                    "output_price_per_million_usd": 1.5,
+                }
+            },
+        }
+        (work / "gateway.yaml").write_text(yaml.safe_dump(cfg))
+        gw = start(
+            "gateway",
+            python_module("gateway", "--config", str(work / "gateway.yaml"), "--port", str(gw_port)),
+            env={"REDIS_URL": rs.url, "SERVELAB_ADMIN_TOKEN": ADMIN, "SERVELAB_LOG_LEVEL": "warning"},
+            log_path=work / "gateway.log",
+        )
+        children.append(gw)
+        gw_url = f"http://127.0.0.1:{gw_port}"
+        wait_http_ok(f"{gw_url}/readyz", 20, gw.popen)
+        key = httpx.post(
+            f"{gw_url}/admin/v1/tenants/bench/keys", headers={"authorization": f"Bearer {ADMIN}"}, json={}
+        ).json()["key"]
+        r = redis.Redis.from_url(rs.url)
+        results: list[RunResult] = []
+        for mode in args.modes.split(","):
+            stream = mode == "stream"
+            for rate in [float(x) for x in args.rates.split(",")]:
+                for target, url, k, pid in (("direct", up_url, None, None), ("gateway", gw_url, key, gw.pid)):
+                    res = run(target, f"{url}/v1/chat/completions", k, rate, args.duration, stream, pid, r)
+                    results.append(res)
+                    print(json.dumps(res.__dict__), flush=True)
+            for rate in [float(x) for x in args.ramp.split(",")]:
+                res = run(
+                    "gateway", f"{gw_url}/v1/chat/completions", key, rate, args.duration, stream, gw.pid, r
+                )
+                results.append(res)
+                print(json.dumps(res.__dict__), flush=True)
+                if not sustained(res):
+                    break
+        if args.json:
+            args.json.write_text(json.dumps([x.__dict__ for x in results], indent=2))
+        if args.out:
+            args.out.write_text(report(results, args))
+            print(f"wrote {args.out}")
+    finally:
+        for c in reversed(children):
+            c.stop()
+        rs.stop()
+
+
+def report(results: list[RunResult], args: argparse.Namespace) -> str:
+    lines = [
+        "# Gateway overhead",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
+        f"({os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}), with:",
+        "",
+        "    .venv/bin/python -m loadtest.bench.gateway_overhead "
+        + " ".join(
+            f"--{k} {v}"
+            for k, v in (
+                ("duration", args.duration),
+                ("rates", args.rates),
+                ("ramp", args.ramp),
+                ("modes", args.modes),
+            )
+        )
+        + f" --out {args.out}",
+        "",
+        "One gateway worker, one fast upstream (16 tokens, no delay), one redis-server and the load "
+        "generator share this machine's CPUs; the machine was also used by other work at the time, so "
+        "treat single numbers as noisy. Latencies are end to end at the client (streaming: to the last "
+        "byte); added = gateway minus direct at the same percentile and rate.",
+        "",
+    ]
+    for stream in (False, True):
+        rows = [x for x in results if x.stream == stream]
+        if not rows:
+            continue
+        lines += [
+            f"## {'Streaming' if stream else 'Non-streaming'}",
+            "",
+            "| rate req/s | path | ok | err | achieved req/s | p50 ms | p95 ms | p99 ms | added p50 | added p95 "
+            "| added p99 | gw CPU ms/req |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        direct = {x.rate: x for x in rows if x.target == "direct"}
+        for x in rows:
+            d = direct.get(x.rate) if x.target == "gateway" else None
+            add = (
+                f"{x.p50_ms - d.p50_ms:.2f} | {x.p95_ms - d.p95_ms:.2f} | {x.p99_ms - d.p99_ms:.2f}"
+                if d
+                else "– | – | –"
+            )
+            cpu = f"{x.cpu_ms_per_req:.3f}" if x.cpu_ms_per_req is not None else "–"
+            lines.append(
+                f"| {x.rate:.0f} | {x.target} | {x.ok} | {x.errors} | {x.achieved_rps:.0f} | "
+                f"{x.p50_ms:.2f} | {x.p95_ms:.2f} | {x.p99_ms:.2f} | {add} | {cpu} |"
+            )
+        gw_rows = [x for x in rows if x.target == "gateway"]
+        best = max((x.rate for x in gw_rows if sustained(x)), default=None)
+        lines += [
+            "",
+            f"Highest rate sustained (achieved ≥ 97% of offered, no errors, p99 ≤ 100 ms): "
+            f"**{best:.0f} req/s**"
+            if best
+            else "No rate sustained.",
+            "",
+        ]
+        rp = next((x.redis_per_req for x in gw_rows if x.redis_per_req), None)
+        if rp:
+            lines += [
+                "Redis commands per request (INFO commandstats delta / requests, last step; EVALSHA "
+                "= round trips, the rest run inside the two scripts): "
+                + ", ".join(f"{k} {v}" for k, v in sorted(rp.items())),
+                "",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
