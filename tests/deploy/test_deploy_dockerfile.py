@@ -8,7 +8,12 @@ context leaves secrets and local state out.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
+from pathlib import Path
 
 from deploy_files import REPO
 
@@ -54,3 +59,28 @@ def test_copies_exactly_the_packages_pyproject_installs() -> None:
 def test_build_context_excludes_local_state_and_secrets() -> None:
     ignored = set((REPO / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".env", "**/.env", "runs", "tests"} <= ignored
+
+
+def test_the_image_install_step_ships_code_and_package_data(tmp_path: Path) -> None:
+    """What `pip install .` in the build stage gets: only the COPY'd files, built as a wheel."""
+    context = tmp_path / "context"
+    context.mkdir()
+    for source in (c.split()[0] for c in _all("COPY") if not c.startswith("--from")):
+        src = REPO / source
+        if src.is_dir():
+            shutil.copytree(src, context / source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for source in _all("COPY")[0].split()[:-1]:  # pyproject.toml README.md
+        shutil.copy(REPO / source, context / source)
+    out = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-c", f"import setuptools.build_meta as b; b.build_wheel({str(out)!r})"],
+        cwd=context, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    (wheel,) = out.glob("servelab-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    # The gateway's Lua scripts and demo config are package data: an image without them cannot start.
+    for needed in ("gateway/lua/admit.lua", "gateway/lua/settle.lua", "gateway/demo.yaml", "servelab/cli.py",
+                   "server/sim/api.py", "loadtest/runner.py"):  # fmt: skip
+        assert needed in names, needed
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "servelab = servelab.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
