@@ -1,8 +1,8 @@
 """Scenarios against the embedded stack (Redis + simulated Mixtral-8x7B + gateway), a few seconds each.
 
 One stack per module, with a gateway config made for these checks: each test uses its own
-tenants so one test's buckets never affect another's. The simulator runs 4x faster than real
-time so short outputs finish quickly; token totals and latencies are still the server's own.
+tenants so one test's buckets never affect another's. The simulator runs in real time (speedup 1)
+so its TTFT histogram (engine seconds) is comparable with the client's wall-clock TTFT.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     cfg_path.write_text(yaml.safe_dump(CONFIG))
     with Stack(
         StackConfig(
-            state_dir=state, gateway_port=0, backend_port=0, config_path=cfg_path, sim_args=("--speedup", "4")
+            state_dir=state, gateway_port=0, backend_port=0, config_path=cfg_path, sim_args=("--speedup", "1")
         )
     ) as s:
         yield s.info
