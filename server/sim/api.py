@@ -39,7 +39,7 @@ from server.sim.lengths import LengthDist
 from server.sim.metrics import EngineMetrics
 from server.sim.request import Request as SimRequest
 from server.sim.request import Status
-from server.sim.runtime import AsyncEngine
+from server.sim.runtime import AsyncEngine, changed
 from server.sim.scheduler import SchedulerConfig
 from server.sim.settings import SimSettings
 from server.sim.tokens import PromptCounter, PromptError
@@ -297,10 +297,8 @@ def _usage(req: SimRequest) -> dict[str, int]:
 
 
 async def _until_finished(req: SimRequest) -> None:
-    ev: asyncio.Event = req.watcher
     while not req.finished:
-        await ev.wait()
-        ev.clear()
+        await changed(req)
 
 
 async def _disconnected(raw: Request) -> None:
@@ -347,7 +345,6 @@ async def _stream(sim: SimState, req: SimRequest, chat: bool, include_usage: boo
     else:
         first = None
         pre, post = ',"choices":[{"index":0,"text":"', '","logprobs":null,"finish_reason":'
-    ev: asyncio.Event = req.watcher
     sent = 0
     try:
         if first is not None:
@@ -365,8 +362,7 @@ async def _stream(sim: SimState, req: SimRequest, chat: bool, include_usage: boo
                 sent += 1
             if req.finished:
                 break
-            await ev.wait()
-            ev.clear()
+            await changed(req)
         if include_usage:
             yield "data: " + head + ',"choices":[]' + _usage_json(req, req.num_output) + "}\n\n"
         yield "data: [DONE]\n\n"

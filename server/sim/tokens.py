@@ -24,7 +24,7 @@ class PromptCounter:
         self._text = tokenizer.instruct_tokenizer.tokenizer
 
     def chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> int:
-        body: dict[str, Any] = {"messages": messages}
+        body: dict[str, Any] = {"messages": [_mistral_fields(m) for m in messages]}
         if tools:
             body["tools"] = tools
         try:
@@ -42,3 +42,16 @@ class PromptCounter:
 def _first_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return " ".join(lines[:3]) if lines else "invalid messages"
+
+
+# Fields mistral-common's message models accept; OpenAI clients also send e.g. `name` on user
+# messages, which mistral-common rejects as an extra field. Dropping them does not change the
+# prompt tokens (they are not part of the Mistral chat format).
+_KEEP = {"role", "content", "tool_calls", "tool_call_id", "prefix"}
+
+
+def _mistral_fields(msg: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(msg, dict):
+        return msg
+    keep = _KEEP | {"name"} if msg.get("role") == "tool" else _KEEP
+    return {k: v for k, v in msg.items() if k in keep}
