@@ -157,8 +157,9 @@ class KeyStore:
                     if msg is not None and msg.get("type") == "message":
                         self.forget(msg["data"].decode())
             except (RedisError, OSError) as exc:
-                log.warning("Key revocation subscriber lost Redis, clearing key cache: error=%s", exc)
-                self.forget()
+                # Keep the cache while Redis is away (nothing can be revoked then, and fail-open
+                # needs it); it is cleared on reconnect, above.
+                log.warning("Key revocation subscriber lost Redis, will resubscribe: error=%s", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
             finally:

@@ -67,6 +67,7 @@ class _ThreadServer(uvicorn.Server):
 def gateway(redis_url: str) -> Iterator[Callable[..., GatewayHandle]]:
     """Start in-process gateways (uvicorn in a thread); all stopped at test end."""
     servers: list[tuple[_ThreadServer, threading.Thread]] = []
+    handles: list[GatewayHandle] = []
 
     def _start(config_path: Path, **settings_kw: Any) -> GatewayHandle:
         settings = _settings(settings_kw.pop("redis_url", redis_url), config_path, **settings_kw)
@@ -87,17 +88,23 @@ def gateway(redis_url: str) -> Iterator[Callable[..., GatewayHandle]]:
         thread.start()
         servers.append((server, thread))
         wait_http_ok(f"http://127.0.0.1:{port}/healthz", timeout_s=15)
-        return GatewayHandle(url=f"http://127.0.0.1:{port}", config_path=config_path)
+        handles.append(GatewayHandle(url=f"http://127.0.0.1:{port}", config_path=config_path))
+        return handles[-1]
 
     yield _start
+    for h in handles:
+        h.close()
     for server, thread in servers:
         server.should_exit = True
         thread.join(timeout=10)
 
 
 @pytest.fixture
-def gateway_proc(redis_url: str, spawn: Callable[..., Child]) -> Callable[..., tuple[GatewayHandle, Child]]:
+def gateway_proc(
+    redis_url: str, spawn: Callable[..., Child]
+) -> Iterator[Callable[..., tuple[GatewayHandle, Child]]]:
     """Start a gateway as its own process (python -m gateway)."""
+    handles: list[GatewayHandle] = []
 
     def _start(config_path: Path, lease_ttl_s: float = 2.0, **env: str) -> tuple[GatewayHandle, Child]:
         port = free_port()
@@ -118,6 +125,9 @@ def gateway_proc(redis_url: str, spawn: Callable[..., Child]) -> Callable[..., t
             env={"REDIS_URL": env.pop("redis_url", redis_url), "SERVELAB_ADMIN_TOKEN": ADMIN_TOKEN, **env},
         )
         wait_http_ok(f"http://127.0.0.1:{port}/healthz", timeout_s=20, proc=child.popen)
-        return GatewayHandle(url=f"http://127.0.0.1:{port}", config_path=config_path), child
+        handles.append(GatewayHandle(url=f"http://127.0.0.1:{port}", config_path=config_path))
+        return handles[-1], child
 
-    return _start
+    yield _start
+    for h in handles:
+        h.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ def plan(**overrides: Any) -> dict[str, Any]:
 class GatewayHandle:
     url: str
     config_path: Path
+    clients: list[openai.OpenAI] = field(default_factory=list)
 
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
@@ -39,7 +40,14 @@ class GatewayHandle:
             return str(r.json()["key"])
 
     def client(self, key: str, **kw: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, **kw)
+        """An SDK client closed when the test ends."""
+        c = openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, **kw)
+        self.clients.append(c)
+        return c
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
 
     def usage(self, tenant: str) -> dict[str, Any]:
         with self.admin() as c:
