@@ -107,7 +107,10 @@ def register(app: typer.Typer) -> None:
             scheduling_policy=scheduling_policy.value, speedup=speedup, default_max_tokens=default_max_tokens,
             output_len=output_len, num_kv_blocks=num_kv_blocks, seed=seed, block_size=16,
         )
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
+        # Streams in flight would otherwise hold a SIGTERM'd server open until they finish; vLLM
+        # drops them too. 3 s leaves room inside servelab.procs' 10 s SIGTERM->SIGKILL window.
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False,
+                    timeout_graceful_shutdown=3)
 
     @app.command()
     def simulate(

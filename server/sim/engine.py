@@ -112,10 +112,15 @@ class Engine:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
-    def plan(self) -> Plan | None:
+    def plan(self, now: float | None = None) -> Plan | None:
+        """Schedule the next step; `now` (when given) stamps requests admitted for the first time."""
         sched = self.scheduler.schedule()
         if not sched:
             return None
+        if now is not None:
+            for req in sched.admitted:
+                if req.scheduled_s < 0:
+                    req.scheduled_s = now
         # A decode is the one token sampled last step; anything else (prompt chunks, the
         # recompute of a preempted request) is prefill work.
         prefill = tuple(zip(sched.prefill_new, [r.num_computed for r in sched.prefills], strict=True))

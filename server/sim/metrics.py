@@ -12,7 +12,9 @@ vLLM V1's (vllm/v1/metrics/loggers.py). The names:
     vllm:request_success_total{finished_reason}, vllm:num_preemptions_total counters
     vllm:time_to_first_token_seconds, vllm:time_per_output_token_seconds,
     vllm:inter_token_latency_seconds (same data as TPOT, vLLM's newer name),
-    vllm:e2e_request_latency_seconds                                     histograms
+    vllm:e2e_request_latency_seconds, vllm:request_queue_time_seconds, vllm:request_prefill_time_seconds,
+    vllm:request_decode_time_seconds, vllm:request_inference_time_seconds,
+    vllm:request_prompt_tokens, vllm:request_generation_tokens            histograms
 
 plus the simulator's own step overhead, `servelab_sim_step_overhead_seconds` (CPU time the engine
 loop spends scheduling and updating per step) and `servelab_sim_step_lateness_seconds` (how much
@@ -29,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from server.sim.engine import Engine
+from server.sim.request import Request
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
                 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -36,6 +39,8 @@ TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1
                 20.0, 40.0, 80.0)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
                240.0, 480.0, 960.0, 1920.0, 7680.0)
+# build_1_2_5_buckets(max_model_len) in vLLM; up to 128k tokens here.
+TOKEN_BUCKETS = tuple(m * 10**e for e in range(6) for m in (1, 2, 5) if m * 10**e <= 131072)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
@@ -76,9 +81,27 @@ class EngineMetrics(Collector):
         self.ttft = Hist(TTFT_BUCKETS)
         self.tpot = Hist(TPOT_BUCKETS)
         self.e2e = Hist(E2E_BUCKETS)
+        self.queue = Hist(E2E_BUCKETS)
+        self.prefill = Hist(E2E_BUCKETS)
+        self.decode = Hist(E2E_BUCKETS)
+        self.inference = Hist(E2E_BUCKETS)
+        self.prompt_len = Hist(TOKEN_BUCKETS)
+        self.output_len = Hist(TOKEN_BUCKETS)
         self.step_overhead = Hist(OVERHEAD_BUCKETS)
         self.step_lateness = Hist(OVERHEAD_BUCKETS)
         self.success: dict[str, int] = {"stop": 0, "length": 0, "abort": 0}
+
+    def finished(self, req: Request) -> None:
+        """Observe a request that finished normally (stop or length)."""
+        self.e2e.observe(req.finish_s - req.arrival_s)
+        self.success[req.finish_reason] += 1
+        if req.scheduled_s >= 0:
+            self.queue.observe(req.scheduled_s - req.arrival_s)
+            self.prefill.observe(req.first_token_s - req.scheduled_s)
+            self.inference.observe(req.finish_s - req.scheduled_s)
+        self.decode.observe(req.finish_s - req.first_token_s)
+        self.prompt_len.observe(req.prompt_len)
+        self.output_len.observe(req.num_output)
 
     def registry(self) -> CollectorRegistry:
         reg = CollectorRegistry(auto_describe=False)
@@ -121,9 +144,22 @@ class EngineMetrics(Collector):
                                "Histogram of inter-token latency in seconds.", self.model_name)
         yield self.e2e.family("vllm:e2e_request_latency_seconds",
                               "Histogram of end to end request latency in seconds.", self.model_name)
+        for hist, name, doc in (
+            (self.queue, "vllm:request_queue_time_seconds", _phase_doc("WAITING")),
+            (self.prefill, "vllm:request_prefill_time_seconds", _phase_doc("PREFILL")),
+            (self.decode, "vllm:request_decode_time_seconds", _phase_doc("DECODE")),
+            (self.inference, "vllm:request_inference_time_seconds", _phase_doc("RUNNING")),
+            (self.prompt_len, "vllm:request_prompt_tokens", "Number of prefill tokens processed."),
+            (self.output_len, "vllm:request_generation_tokens", "Number of generation tokens processed."),
+        ):
+            yield hist.family(name, doc, self.model_name)
         yield self.step_overhead.family("servelab_sim_step_overhead_seconds",
                                         "CPU time the simulator spends scheduling and updating per step.",
                                         self.model_name)
         yield self.step_lateness.family("servelab_sim_step_lateness_seconds",
                                         "How much later than its modelled end time each step finished.",
                                         self.model_name)
+
+
+def _phase_doc(phase: str) -> str:
+    return f"Histogram of time spent in {phase} phase for request."

@@ -40,6 +40,7 @@ class Request:
         "priority",
         "prompt_len",
         "req_id",
+        "scheduled_s",
         "seq",
         "status",
         "watcher",
@@ -75,6 +76,7 @@ class Request:
         self.num_blocks = 0
         self.num_preemptions = 0
         self.status = Status.WAITING
+        self.scheduled_s = -1.0  # first time the scheduler admitted it (set by drivers that pass `now`)
         self.first_token_s = -1.0
         self.last_token_s = -1.0
         self.finish_s = -1.0

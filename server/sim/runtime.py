@@ -83,7 +83,7 @@ class AsyncEngine:
                 continue
             t_start = mono()
             c0, k0 = cpu(), thread_cpu()
-            plan = eng.plan()
+            plan = eng.plan(self.clock.now())
             c1, k1 = cpu(), thread_cpu()
             if plan is None:  # work exists but nothing fits yet; an arrival or abort changes that
                 self._wake.clear()
@@ -106,8 +106,7 @@ class AsyncEngine:
             for gap, n in out.itl_gaps.items():
                 m.tpot.observe(gap, n)
             for req in out.finished:
-                m.e2e.observe(req.finish_s - req.arrival_s)
-                m.success[req.finish_reason] += 1
+                m.finished(req)
             for req in out.emitted:
                 w = req.watcher  # wake(req), inlined: this loop runs for every token
                 if w is not None and not w.done():

@@ -58,6 +58,7 @@ class Schedule:
     prefills: list[Request] = field(default_factory=list)
     prefill_new: list[int] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    admitted: list[Request] = field(default_factory=list)  # moved from waiting to running this step
 
     @property
     def reqs(self) -> list[Request]:
@@ -277,6 +278,7 @@ class Scheduler:
                 head.num_blocks += need
                 head.status = Status.RUNNING
                 running.append(head)
+                out.admitted.append(head)
                 if n == 1 and head.num_output > 0:
                     decodes.append(head)
                 else:

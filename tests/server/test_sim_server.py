@@ -175,6 +175,12 @@ def test_metrics_carry_vllm_names_and_count_tokens(server: ThreadServer, client:
     assert delta("vllm:request_success_total", finished_reason="length") == 1
     assert delta("vllm:time_to_first_token_seconds_count") == 1
     assert delta("vllm:time_per_output_token_seconds_count") == 5
+    assert delta("vllm:request_queue_time_seconds_count") == 1
+    assert delta("vllm:request_prompt_tokens_sum") == mistral_chat_count(MESSAGES)
+    assert delta("vllm:request_generation_tokens_sum") == 6
+    e2e = delta("vllm:e2e_request_latency_seconds_sum")
+    parts = delta("vllm:request_queue_time_seconds_sum") + delta("vllm:request_inference_time_seconds_sum")
+    assert parts == pytest.approx(e2e, abs=1e-6)  # queue + running = end to end, in engine time
 
 
 def test_disconnect_aborts_and_frees_kv_blocks(server: ThreadServer, client: openai.OpenAI) -> None:
