@@ -43,8 +43,8 @@ for w in words:
     vocab.setdefault(w, len(vocab))
 tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
 tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>").save_pretrained(
-    sys.argv[2])
+fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+fast.save_pretrained(sys.argv[2])
 """
 
 
@@ -222,7 +222,8 @@ def main() -> None:
         "# Cross-check with NVIDIA aiperf",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on `{platform.node()}`"
-        f" ({os.cpu_count()} cores, shared with other engineers' work; load average at the end {load[0]:.2f}),"
+        f" ({os.cpu_count()} cores, shared with other engineers' work;"
+        f" load average at the end {load[0]:.2f}),"
         f" aiperf {b.get('aiperf_version')}.",
         "",
         "```bash",
@@ -232,9 +233,9 @@ def main() -> None:
         "",
         f"Target: one `servelab serve --engine sim` (Mixtral-8x7B, 2×H100, bf16, real time) on 127.0.0.1."
         f" Load: open loop, Poisson, {args.rate:g} req/s, {args.requests} requests per run; the same"
-        f" {args.requests} prompts (uniform {args.input_len // 4}-{args.input_len * 7 // 4} tokens, exact under"
-        f" mistral-common v1) and max_tokens {args.output_len} with ignore_eos for both tools. Runs back to back:"
-        " servelab, aiperf, servelab.",
+        f" {args.requests} prompts (uniform {args.input_len // 4}-{args.input_len * 7 // 4} tokens,"
+        f" exact under mistral-common v1) and max_tokens {args.output_len} with ignore_eos for both tools."
+        " Runs back to back: servelab, aiperf, servelab.",
         "",
         "| metric (ms) | servelab run 1 | aiperf | servelab run 2 | aiperf vs mean of servelab runs |"
         " servelab run 2 vs run 1 |",
@@ -257,8 +258,8 @@ def main() -> None:
         )
     lines += [
         "",
-        f"Requests: servelab {a1['requests']} / {a2['requests']} (errors {a1['errors']} / {a2['errors']}, token"
-        f" totals equal to the server's counters: {a1['tokens_match']} / {a2['tokens_match']}), aiperf"
+        f"Requests: servelab {a1['requests']} / {a2['requests']} (errors {a1['errors']} / {a2['errors']},"
+        f" token totals equal to the server's counters: {a1['tokens_match']} / {a2['tokens_match']}), aiperf"
         f" {b['requests']}.",
         "",
         'aiperf\'s "inter token latency" is reported here as TPOT (same definition); its "inter chunk'
