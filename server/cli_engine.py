@@ -54,6 +54,7 @@ def register(app: typer.Typer) -> None:
         max_model_len: int | None = typer.Option(None),
         gpu_memory_utilization: float = typer.Option(0.9),
         scheduling_policy: PolicyKind = typer.Option(PolicyKind.fcfs),
+        chunked_prefill: bool = typer.Option(True, help="off: vLLM V0's prefill-first scheduler (sim)"),
         speedup: float = typer.Option(1.0, help="engine time runs this many times faster than real (sim)"),
         default_max_tokens: int = typer.Option(256, help="max_tokens when a request sets none (sim)"),
         output_len: str | None = typer.Option(
@@ -104,7 +105,8 @@ def register(app: typer.Typer) -> None:
             gpu_memory_utilization=gpu_memory_utilization, served_model_name=served_model_name,
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
             max_model_len=max_model_len,
-            scheduling_policy=scheduling_policy.value, speedup=speedup, default_max_tokens=default_max_tokens,
+            scheduling_policy=scheduling_policy.value, enable_chunked_prefill=chunked_prefill,
+            speedup=speedup, default_max_tokens=default_max_tokens,
             output_len=output_len, num_kv_blocks=num_kv_blocks, seed=seed, block_size=16,
         )
         # Streams in flight would otherwise hold a SIGTERM'd server open until they finish; vLLM
@@ -130,6 +132,7 @@ def register(app: typer.Typer) -> None:
         max_num_seqs: int = typer.Option(1024),
         max_num_batched_tokens: int = typer.Option(8192),
         policy: PolicyKind = typer.Option(PolicyKind.fcfs),
+        chunked_prefill: bool = typer.Option(True, help="off: vLLM V0's prefill-first scheduler"),
         seed: int = typer.Option(0),
         slo_ttft: float | None = typer.Option(None, help="seconds; adds goodput under the SLOs"),
         slo_tpot: float | None = typer.Option(None, help="seconds; adds goodput under the SLOs"),
@@ -144,7 +147,7 @@ def register(app: typer.Typer) -> None:
         res = run_sim(wl, model=model, gpu=gpu, tp=tp, dtype=dtype, kv_dtype=kv_dtype,
                       gpu_memory_utilization=gpu_memory_utilization, replicas=replicas,
                       max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                      policy=policy.value)
+                      policy=policy.value, chunked_prefill=chunked_prefill)
         summary: dict[str, Any] = dict(res.summary())
         if slo_ttft is not None or slo_tpot is not None:
             summary["goodput_rps"] = res.goodput(slo_ttft, slo_tpot)
@@ -168,7 +171,7 @@ def _print(inputs: dict[str, Any], s: dict[str, Any]) -> None:
         f" dtype={inputs.get('dtype')} replicas={inputs['replicas']}"
         f" kv_blocks/replica={inputs['kv_blocks_per_replica']}"
         f" max_num_seqs={inputs['max_num_seqs']} max_num_batched_tokens={inputs['max_num_batched_tokens']}"
-        f" policy={inputs['policy']}")
+        f" policy={inputs['policy']} chunked_prefill={inputs['chunked_prefill']}")
     console.print(
         f"[bold]workload[/] requests={wl['num_requests']} input={wl['input_len']} output={wl['output_len']}"
         f" rate={wl['rate']} concurrency={wl['concurrency']} seed={wl['seed']}")

@@ -121,13 +121,21 @@ def build_engine(settings: SimSettings) -> tuple[Engine, int, dict[str, object]]
         blocks = settings.num_kv_blocks
     kv_tokens = blocks * settings.block_size
     max_len = settings.max_model_len or min(catalog.model(settings.model).max_position_embeddings, kv_tokens)
+    if not settings.enable_chunked_prefill:
+        if settings.max_model_len is None:
+            max_len = min(max_len, settings.max_num_batched_tokens)
+        elif max_len > settings.max_num_batched_tokens:
+            raise ValueError(
+                f"max_model_len {max_len} exceeds max_num_batched_tokens {settings.max_num_batched_tokens};"
+                " without chunked prefill a whole sequence must fit one step (as vLLM V0 requires)")
     if max_len > kv_tokens:
         raise ValueError(
             f"max_model_len {max_len} needs more KV cache than the {kv_tokens} tokens that fit"
             f" ({blocks} blocks of {settings.block_size}); lower --max-model-len")
     cfg = SchedulerConfig(max_num_seqs=settings.max_num_seqs,
                           max_num_batched_tokens=settings.max_num_batched_tokens,
-                          policy=settings.scheduling_policy)
+                          policy=settings.scheduling_policy,
+                          chunked_prefill=settings.enable_chunked_prefill)
     engine = Engine(cost, blocks, cfg, settings.block_size)
     described = {**described, "kv_blocks": blocks, "max_model_len": max_len, "speedup": settings.speedup}
     return engine, max_len, described
@@ -283,7 +291,10 @@ async def _serve(sim: SimState, raw: Request, body: _Common, prompt_len: int, ma
         stop_len = int(sim.stop_lengths.sample(sim.rng, 1)[0])
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     req = SimRequest(rid, prompt_len, max_tokens, stop_len=stop_len, priority=body.priority)
-    sim.engine.submit(req)
+    try:
+        sim.engine.submit(req)
+    except ValueError as exc:  # the engine could never run it; max_model_len normally catches this
+        raise ApiError(400, str(exc)) from None
     if body.stream:
         opts = body.stream_options or StreamOptions()
         gen = _stream(sim, req, chat, opts.include_usage, opts.include_usage and opts.continuous_usage_stats)

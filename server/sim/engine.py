@@ -18,6 +18,7 @@ from typing import Protocol
 from server.sim.kvcache import BlockAllocator
 from server.sim.request import Request
 from server.sim.scheduler import Schedule, Scheduler, SchedulerConfig, StepOutcome
+from server.sim.scheduler_v0 import PrefillFirstScheduler
 
 try:  # The shape type belongs to the performance model; keep a structural twin until it exists.
     from server.perfmodel import BatchShape
@@ -78,7 +79,8 @@ class Engine:
     ) -> None:
         self.cost = cost
         self.kv = BlockAllocator(num_blocks, block_size)
-        self.scheduler = Scheduler(config or SchedulerConfig(), self.kv)
+        config = config or SchedulerConfig()
+        self.scheduler = (Scheduler if config.chunked_prefill else PrefillFirstScheduler)(config, self.kv)
         # Counters since start (the /metrics endpoint and the offline summary read these).
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0

@@ -203,6 +203,7 @@ def simulate(
     max_num_seqs: int = 1024,
     max_num_batched_tokens: int = 8192,
     policy: Policy = "fcfs",
+    chunked_prefill: bool = True,
     block_size: int = 16,
     cost_model: StepCostModel | None = None,
     num_blocks: int | None = None,
@@ -232,10 +233,11 @@ def simulate(
     if num_blocks is not None:
         blocks = num_blocks
     inputs.update(replicas=replicas, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                  policy=policy, block_size=block_size, kv_blocks_per_replica=blocks)
+                  policy=policy, chunked_prefill=chunked_prefill, block_size=block_size,
+                  kv_blocks_per_replica=blocks)
 
     cfg = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                          policy=policy)
+                          policy=policy, chunked_prefill=chunked_prefill)
     engines = [Engine(cost_model, blocks, cfg, block_size, track_emitted=False) for _ in range(replicas)]
     send_times, in_lens, out_lens = workload.generate()
     n = workload.num_requests

@@ -38,6 +38,8 @@ class SchedulerConfig:
     max_num_seqs: int = 1024
     max_num_batched_tokens: int = 8192
     policy: Policy = "fcfs"
+    # False: vLLM V0's default (prefill-only steps of whole prompts; server/sim/scheduler_v0.py)
+    chunked_prefill: bool = True
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
@@ -216,6 +218,14 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.push_front(victim)
 
+    def _victim(self) -> tuple[Request, int]:
+        """The running request to preempt: the newest (FCFS) or the lowest priority, and its index."""
+        running = self.running
+        if self.config.policy == "priority":
+            victim = max(running, key=_priority_key)
+            return victim, running.index(victim)
+        return running[-1], len(running) - 1
+
     def schedule(self) -> Schedule:
         cfg = self.config
         kv = self.kv
@@ -235,11 +245,7 @@ class Scheduler:
             if need > 0 and not kv.try_allocate(need):
                 scheduled = True
                 while not kv.try_allocate(need):
-                    if cfg.policy == "priority":
-                        victim = max(running, key=_priority_key)
-                        vi = running.index(victim)
-                    else:
-                        victim, vi = running[-1], len(running) - 1
+                    victim, vi = self._victim()
                     running.pop(vi)
                     if vi < i:
                         # Already scheduled this step (priority policy only): un-schedule it.

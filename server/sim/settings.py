@@ -26,6 +26,7 @@ class SimSettings(BaseSettings):
     max_num_batched_tokens: int = Field(8192, ge=1)
     max_model_len: int | None = Field(None, ge=2, description="default: model context, capped by KV")
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
+    enable_chunked_prefill: bool = Field(True, description="False: vLLM V0's prefill-first scheduler")
     block_size: int = Field(16, ge=1)
     num_kv_blocks: int | None = Field(None, ge=1, description="override the perf model's KV blocks")
     speedup: float = Field(1.0, gt=0, description="engine time runs this many times faster than real time")

@@ -174,3 +174,55 @@ def test_times_come_from_the_caller() -> None:
     end = run(eng)
     assert end == pytest.approx(1.5)
     assert (r.first_token_s, r.finish_s) == (pytest.approx(0.5), pytest.approx(1.5))
+
+
+def test_without_chunked_prefill_steps_are_prefill_only_or_decode_only() -> None:
+    rng = random.Random(3)
+    cfg = SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=512, chunked_prefill=False)
+    eng = Engine(LinearCost(), num_blocks=60, config=cfg)
+    reqs = [Request(str(i), rng.randint(1, 200), rng.randint(1, 120)) for i in range(40)]
+    t, k = 0.0, 0
+    kinds = set()
+    while k < len(reqs) or eng.has_work():
+        if k < len(reqs) and rng.random() < 0.3:
+            eng.add(reqs[k])
+            k += 1
+        if not eng.has_work():
+            continue
+        plan = eng.plan()
+        assert plan is not None
+        sched = plan.schedule
+        assert not (sched.prefills and sched.decodes)  # V0: a prefill step stalls every decode
+        for r, n in zip(sched.prefills, sched.prefill_new, strict=True):
+            assert r.num_computed == 0 and n == r.prompt_len + r.num_output  # whole (re)computed prompts
+        assert sum(sched.num_new) <= cfg.max_num_batched_tokens
+        assert eng.kv.num_used <= eng.kv.num_blocks
+        kinds.add("prefill" if sched.prefills else "decode")
+        t += plan.duration_s
+        eng.complete(plan, t)
+    assert kinds == {"prefill", "decode"}
+    assert all(r.status == Status.FINISHED and r.num_output == r.output_target for r in reqs)
+    assert eng.kv.num_used == 0 and eng.num_preemptions > 0
+
+
+def test_without_chunked_prefill_a_sequence_must_fit_one_step() -> None:
+    eng = Engine(LinearCost(), num_blocks=100,
+                 config=SchedulerConfig(max_num_batched_tokens=64, chunked_prefill=False))
+    with pytest.raises(ValueError, match="must fit one step"):
+        eng.add(Request("long", 60, 10))
+
+
+def test_new_prefill_waits_for_nothing_without_chunking_but_joins_decodes_with_it() -> None:
+    for chunked in (True, False):
+        eng = Engine(LinearCost(), num_blocks=100,
+                     config=SchedulerConfig(max_num_batched_tokens=256, chunked_prefill=chunked))
+        first = Request("first", 8, 20)
+        eng.add(first)
+        plan = eng.plan()
+        assert plan is not None
+        eng.complete(plan, plan.duration_s)
+        eng.add(Request("second", 30, 5))
+        plan = eng.plan()
+        assert plan is not None
+        ids = sorted(r.req_id for r in plan.schedule.reqs)
+        assert ids == (["first", "second"] if chunked else ["second"])
