@@ -126,6 +126,10 @@ class EngineMetrics(Collector):
         yield gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", e.num_waiting)
         yield gauge("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage.", e.kv.usage)
         yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", e.kv.usage)
+        info = GaugeMetricFamily("vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
+                                 labels=["block_size", "num_gpu_blocks"])
+        info.add_metric([str(e.kv.block_size), str(e.kv.num_blocks)], 1.0)
+        yield info
         yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.", e.prompt_tokens_total)
         yield counter("vllm:generation_tokens", "Number of generation tokens processed.",
                       e.generation_tokens_total)

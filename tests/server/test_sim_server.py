@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from servelab.procs import free_port, wait_http_ok
 from server import catalog
+from server.perfmodel import PerfModel
 from server.sim.api import create_app
 from server.sim.settings import SimSettings
 
@@ -176,6 +177,9 @@ def test_metrics_carry_vllm_names_and_count_tokens(server: ThreadServer, client:
     assert delta("vllm:time_to_first_token_seconds_count") == 1
     assert delta("vllm:time_per_output_token_seconds_count") == 5
     assert delta("vllm:request_queue_time_seconds_count") == 1
+    blocks = PerfModel.build(MODEL, "h100", tp=2).kv_blocks(16)
+    assert [labels for name, labels in after if name == "vllm:cache_config_info"] == [
+        (("block_size", "16"), ("num_gpu_blocks", str(blocks)))]
     assert delta("vllm:request_prompt_tokens_sum") == mistral_chat_count(MESSAGES)
     assert delta("vllm:request_generation_tokens_sum") == 6
     e2e = delta("vllm:e2e_request_latency_seconds_sum")
