@@ -207,6 +207,20 @@ def test_disconnect_aborts_and_frees_kv_blocks(server: ThreadServer, client: ope
     wait_for(freed)
 
 
+def test_non_stream_client_that_gives_up_is_aborted(server: ThreadServer) -> None:
+    aborted_before = value(metrics(server.url), "vllm:request_success_total", finished_reason="abort")
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 20_000}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(5.0, read=0.3))
+
+    def freed() -> bool:
+        m = metrics(server.url)
+        return (value(m, "vllm:num_requests_running") == 0 and value(m, "vllm:kv_cache_usage_perc") == 0
+                and value(m, "vllm:request_success_total", finished_reason="abort") == aborted_before + 1)
+
+    wait_for(freed)
+
+
 def test_natural_lengths_ignore_eos_and_priority() -> None:
     settings = SimSettings(model=MODEL, gpu="h100", tp=2, speedup=20.0, output_len="fixed:3",
                            scheduling_policy="priority")
