@@ -52,6 +52,7 @@ class AsyncEngine:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="sim-engine")
+        self._task.add_done_callback(_log_crash)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -153,3 +154,9 @@ async def changed(req: Request) -> None:
     fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     req.watcher = fut
     await fut
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    # /health turns 503 once the loop is gone; say why in the log.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("engine loop stopped", exc_info=task.exception())
