@@ -135,7 +135,9 @@ def parse_config(data: Any, source: str) -> GatewayConfig:
     try:
         cfg = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{source}: {_loc(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+        lines = [
+            f"{source}: {_loc(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        ]
         raise ConfigError("\n".join(lines)) from None
     problems = _cross_check(cfg)
     if problems:

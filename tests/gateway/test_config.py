@@ -17,11 +17,17 @@ DEMO = Path(__file__).parents[2] / "gateway" / "demo.yaml"
     [
         ("unknown_field", "plans.p.burst: Extra inputs are not permitted"),
         ("missing_field", "plans.p.tokens_per_minute: Field required"),
-        ("wrong_type", "plans.p.requests_per_minute: Input should be a valid integer, unable to parse string"),
+        (
+            "wrong_type",
+            "plans.p.requests_per_minute: Input should be a valid integer, unable to parse string",
+        ),
         ("negative", "plans.p.requests_per_minute: Input should be greater than 0"),
         ("unknown_plan", "tenants.a.plan: unknown plan 'gold' (known: p)"),
         ("unknown_model", "tenants.a.models.1: unknown model 'gpt-5' (known: m)"),
-        ("bad_url", "models.m.backends: backend URL must start with http:// or https://, got '127.0.0.1:8001'"),
+        (
+            "bad_url",
+            "models.m.backends: backend URL must start with http:// or https://, got '127.0.0.1:8001'",
+        ),
         ("bad_syntax", "line 3, column 8: invalid YAML: expected ',' or '}', but got ':'"),
     ],
 )

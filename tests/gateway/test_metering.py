@@ -6,10 +6,8 @@ import math
 import time
 
 import httpx
-import openai
 import redis
 from gwkit import plan
-
 
 PROMPT = "count to twenty please"  # 22 bytes -> 6 prompt tokens at the upstream and in our estimate
 
@@ -29,21 +27,33 @@ def test_usage_counters_equal_what_clients_received(fast_upstream, write_config,
     seen_prompt = seen_completion = 0
 
     # non-streaming
-    out = client.chat.completions.create(model="fast", messages=msgs, max_tokens=5, extra_body={"x_itl_ms": 0})
+    out = client.chat.completions.create(
+        model="fast", messages=msgs, max_tokens=5, extra_body={"x_itl_ms": 0}
+    )
     seen_prompt += out.usage.prompt_tokens
     seen_completion += out.usage.completion_tokens
 
     # streaming, client asks for usage: gets the usage chunk
-    chunks = list(client.chat.completions.create(model="fast", messages=msgs, max_tokens=7, stream=True,
-                                                 stream_options={"include_usage": True},
-                                                 extra_body={"x_itl_ms": 0}))
+    chunks = list(
+        client.chat.completions.create(
+            model="fast",
+            messages=msgs,
+            max_tokens=7,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"x_itl_ms": 0},
+        )
+    )
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 7
     seen_prompt += chunks[-1].usage.prompt_tokens
     seen_completion += chunks[-1].usage.completion_tokens
 
     # streaming, client did not ask: the gateway asked upstream anyway and strips the usage chunk
-    chunks = list(client.chat.completions.create(model="fast", messages=msgs, max_tokens=3, stream=True,
-                                                 extra_body={"x_itl_ms": 0}))
+    chunks = list(
+        client.chat.completions.create(
+            model="fast", messages=msgs, max_tokens=3, stream=True, extra_body={"x_itl_ms": 0}
+        )
+    )
     assert all(c.usage is None for c in chunks) and sum(1 for c in chunks if c.choices) == 3
     seen_prompt += math.ceil(len(PROMPT) / 4)
     seen_completion += 3
@@ -84,10 +94,14 @@ def test_a_request_id_is_metered_once(fast_upstream, write_config, gateway) -> N
     client = gw.client(gw.new_key("acme"))
     for _ in range(3):
         raw = client.chat.completions.with_raw_response.create(
-            model="fast", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "retry-1"}
+            model="fast",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-request-id": "retry-1"},
         )
         assert raw.headers["x-request-id"] == "retry-1"
-    raw = client.chat.completions.with_raw_response.create(model="fast", messages=[{"role": "user", "content": "x"}])
+    raw = client.chat.completions.with_raw_response.create(
+        model="fast", messages=[{"role": "user", "content": "x"}]
+    )
     assert raw.headers["x-request-id"].startswith("req_")
     totals = gw.usage("acme")["totals"]
     assert totals["requests"] == 2 and totals["completion_tokens"] == 10

@@ -32,7 +32,9 @@ async def _burst(urls: list[str], key: str, n: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_two_gateway_processes_enforce_one_concurrency_limit(fast_upstream, write_config, gateway_proc) -> None:
+def test_two_gateway_processes_enforce_one_concurrency_limit(
+    fast_upstream, write_config, gateway_proc
+) -> None:
     # 160 requests at once over two processes; each holds its lease 3 s upstream, so every request
     # arrives while the first 64 are still running: exactly 64 may be admitted, across both.
     cfg = write_config([fast_upstream(tokens=2, ttft_ms=3000)], {"acme": plan(max_concurrent_requests=64)})
@@ -76,7 +78,7 @@ def test_lease_of_a_killed_gateway_expires(fast_upstream, write_config, gateway_
             victim.client(key, timeout=20).chat.completions.create(model="fast", messages=MSG)
         except openai.APIConnectionError:
             pass  # expected: the gateway dies under it
-        except BaseException as exc:  # noqa: BLE001 - surfaced below
+        except BaseException as exc:
             errors.append(exc)
 
     t = threading.Thread(target=doomed)

@@ -12,11 +12,15 @@ from gateway.wire import parse_request
 
 
 def chat(**kw: object) -> bytes:
-    return json.dumps({"model": "m", "messages": [{"role": "user", "content": "hello world!"}], **kw}).encode()
+    return json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "hello world!"}], **kw}
+    ).encode()
 
 
 def test_reads_only_what_it_needs() -> None:
-    r = parse_request(chat(max_tokens=7, stream=True, stream_options={"include_usage": True}, seed=1), chat=True)
+    r = parse_request(
+        chat(max_tokens=7, stream=True, stream_options={"include_usage": True}, seed=1), chat=True
+    )
     assert (r.model, r.stream, r.max_tokens, r.client_wants_usage) == ("m", True, 7, True)
     assert r.prompt_bytes == 12 and r.prompt_tokens_estimate == 3
     assert r.body["seed"] == 1
@@ -43,8 +47,11 @@ def test_content_parts_and_completion_prompts() -> None:
         (chat(stream="yes"), UnprocessableRequest, "stream"),
         (chat(stream_options={"include_usage": True}), InvalidRequest, "stream_options"),
         (b'{"model": "m", "messages": [{"content": "x"}]}', UnprocessableRequest, "messages.0"),
-        (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', UnprocessableRequest,
-         "messages.0.content"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": 5}]}',
+            UnprocessableRequest,
+            "messages.0.content",
+        ),
     ],
 )
 def test_bad_bodies_name_the_field(raw: bytes, exc: type[Exception], param: str | None) -> None:
@@ -57,8 +64,15 @@ def test_bad_bodies_name_the_field(raw: bytes, exc: type[Exception], param: str 
 
 
 def test_hop_by_hop_headers_are_dropped() -> None:
-    out = forwardable_headers([
-        ("Content-Type", "application/json"), ("Connection", "keep-alive, X-Private"), ("Keep-Alive", "5"),
-        ("Transfer-Encoding", "chunked"), ("X-Private", "1"), ("Content-Length", "10"), ("X-Upstream", "a"),
-    ])
+    out = forwardable_headers(
+        [
+            ("Content-Type", "application/json"),
+            ("Connection", "keep-alive, X-Private"),
+            ("Keep-Alive", "5"),
+            ("Transfer-Encoding", "chunked"),
+            ("X-Private", "1"),
+            ("Content-Length", "10"),
+            ("X-Upstream", "a"),
+        ]
+    )
     assert out == {"content-type": "application/json", "x-upstream": "a"}
