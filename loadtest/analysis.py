@@ -4,7 +4,8 @@ Pure functions of the raw rows and the run config, so each scenario's verdict is
 without a server:
   * sweep: per step, the offered and achieved rate, p95 TTFT/TPOT and goodput; the knee is the
     highest offered rate whose p95 TTFT and p95 TPOT both meet the SLO (steps above a failing step
-    are not considered, as the queue they inherit is the failure's).
+    are not considered, as the queue they inherit is the failure's). A closed-loop sweep steps the
+    user count instead; its knee is also given in users.
   * ratelimit: a token bucket of capacity C = limit per minute refilling at limit/60 per second
     admits at most C + limit/60 * T over a window of T seconds starting full, so
     allowed = burst + rate * T with T = last send - first send of that tenant; admitted / allowed
@@ -26,10 +27,11 @@ from loadtest.stats import Slo, Summary, achieved_rate, by, summarize
 @dataclass(frozen=True)
 class StepResult:
     step: int
-    offered_rps: float
+    offered_rps: float  # open loop: the step's rate; closed loop: requests sent / step length
     achieved_rps: float
     summary: Summary
     meets_slo: bool
+    users: int | None = None  # closed-loop sweep: the step's user count
 
 
 @dataclass(frozen=True)
@@ -38,21 +40,35 @@ class Knee:
     first_breaking_rps: float | None
     p95_ttft_s: float | None
     p95_tpot_s: float | None
+    users: int | None = None  # closed-loop sweep: the knee's user count
+
+
+def _meets(s: Summary, slo: Slo) -> bool:
+    meets = s.ok > 0 and s.errors == 0
+    if slo.ttft_s is not None:
+        meets = meets and s.ttft.p95 <= slo.ttft_s
+    if slo.tpot_s is not None:
+        meets = meets and not (s.tpot.p95 > slo.tpot_s)
+    return meets
 
 
 def sweep_steps(rows: Sequence[Row], config: RunConfig, slo: Slo) -> list[StepResult]:
+    """Per step of an open-loop rate ladder, or of a closed-loop user ladder (config.user_steps)."""
     stream = config.streams[0]
     per_step = by(rows, "step")
     out = []
+    if config.user_steps:
+        step_s = config.duration_s / len(config.user_steps)
+        for i, users in enumerate(config.user_steps):
+            step_rows = per_step.get(i, [])
+            s = summarize(step_rows, slo, span=step_s)
+            rate = achieved_rate(step_rows, step_s)
+            out.append(StepResult(i, rate, rate, s, _meets(s, slo), users))
+        return out
     for i, st in enumerate(stream.steps):
         step_rows = per_step.get(i, [])
         s = summarize(step_rows, slo, span=st.duration_s)
-        meets = s.ok > 0 and s.errors == 0
-        if slo.ttft_s is not None:
-            meets = meets and s.ttft.p95 <= slo.ttft_s
-        if slo.tpot_s is not None:
-            meets = meets and not (s.tpot.p95 > slo.tpot_s)
-        out.append(StepResult(i, st.rate_rps, achieved_rate(step_rows, st.duration_s), s, meets))
+        out.append(StepResult(i, st.rate_rps, achieved_rate(step_rows, st.duration_s), s, _meets(s, slo)))
     return out
 
 
@@ -66,7 +82,7 @@ def knee(steps: Sequence[StepResult]) -> Knee:
         best = s
     if best is None:
         return Knee(None, breaking, None, None)
-    return Knee(best.offered_rps, breaking, best.summary.ttft.p95, best.summary.tpot.p95)
+    return Knee(best.offered_rps, breaking, best.summary.ttft.p95, best.summary.tpot.p95, best.users)
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,8 @@ def register(app: typer.Typer) -> None:
         rates: Annotated[str | None, typer.Option(help="sweep: comma-separated rates, e.g. 1,2,4,8")] = None,
         steps: Annotated[int, typer.Option(help="sweep: number of rate steps up to --rate")] = 6,
         users: Annotated[
-            int | None, typer.Option(help="closed loop: users per tenant (instead of --rate)")
+            int | None,
+            typer.Option(help="closed loop: users per tenant instead of --rate (sweep: ladder top)"),
         ] = None,
         think: Annotated[str, typer.Option(help="closed loop think time")] = "0s",
         duration: Annotated[str, typer.Option(help="how long to send (sweep: all steps together)")] = "60s",
@@ -171,6 +172,9 @@ def register(app: typer.Typer) -> None:
             tpot_s=parse_duration(slo_tpot) if slo_tpot else None,
             e2e_s=parse_duration(slo_e2e) if slo_e2e else None,
         )
+        user_steps: list[int] = []
+        if scenario == "sweep" and users is not None:
+            user_steps = [max(1, round(users * (i + 1) / steps)) for i in range(steps)]
         if scenario == "sweep" and not slo.any:
             slo = Slo(ttft_s=1.0, tpot_s=0.05)
         plan = Plan(
@@ -182,6 +186,7 @@ def register(app: typer.Typer) -> None:
             duration_s=duration_s,
             rates=plan_rates,
             users=users,
+            user_steps=user_steps,
             think_s=parse_duration(think),
             max_concurrency=max_concurrency,
             burstiness=burstiness,

@@ -53,12 +53,13 @@ def build(outcome: RunOutcome, plan: Plan) -> dict:
     per_tenant = {str(t): summarize(r, plan.slo) for t, r in tenants.items()}
     if len(per_tenant) > 1:
         summary["tenants"] = {t: s.to_dict() for t, s in per_tenant.items()}
-    if plan.scenario == "sweep" and open_streams:
+    if plan.scenario == "sweep" and (open_streams or config.user_steps):
         steps = analysis.sweep_steps(rows, config, plan.slo)
         k = analysis.knee(steps)
         summary["steps"] = [
             {
                 "step": s.step,
+                "users": s.users,
                 "offered_rps": s.offered_rps,
                 "achieved_rps": s.achieved_rps,
                 "meets_slo": s.meets_slo,
@@ -170,7 +171,8 @@ def text(summary: dict) -> str:
         )
     if "knee" in summary:
         k = summary["knee"]
-        out.append(f"knee: {k['rate_rps']} req/s (first breaking rate: {k['first_breaking_rps']})")
+        at_users = f" at {k['users']} users" if k.get("users") is not None else ""
+        out.append(f"knee: {k['rate_rps']} req/s{at_users} (first breaking rate: {k['first_breaking_rps']})")
     if "ratelimit" in summary:
         for c in summary["ratelimit"]["checks"]:
             out.append(
@@ -263,19 +265,21 @@ def markdown(summary: dict) -> str:
             "",
             "## Sweep",
             "",
-            "| offered req/s | achieved | TTFT p95 ms | TPOT p95 ms | goodput | meets SLO |",
-            "|---|---|---|---|---|---|",
+            "| users | offered req/s | achieved | TTFT p95 ms | TPOT p95 ms | goodput | meets SLO |",
+            "|---|---|---|---|---|---|---|",
         ]
         for s in summary["steps"]:
             ss = s["summary"]
+            users = "open loop" if s["users"] is None else s["users"]
             md.append(
-                f"| {s['offered_rps']:.2f} | {s['achieved_rps']:.2f} | {_ms(ss['ttft']['p95'])} |"
+                f"| {users} | {s['offered_rps']:.2f} | {s['achieved_rps']:.2f} | {_ms(ss['ttft']['p95'])} |"
                 f" {_ms(ss['tpot']['p95'])} | {ss['goodput_rps'] or 0:.2f} | {s['meets_slo']} |"
             )
         k = summary["knee"]
+        at_users = f" at {k['users']} users" if k.get("users") is not None else ""
         md.append(
-            f"\nKnee: **{k['rate_rps']} req/s** (highest offered rate whose p95 TTFT and p95 TPOT meet"
-            f" the SLO); first breaking rate {k['first_breaking_rps']}."
+            f"\nKnee: **{k['rate_rps']} req/s**{at_users} (highest offered rate whose p95 TTFT and p95 TPOT"
+            f" meet the SLO); first breaking rate {k['first_breaking_rps']}."
         )
     if "ratelimit" in summary:
         md += [

@@ -58,6 +58,10 @@ class RunConfig(BaseModel):
     ignore_eos: bool = True
     request_timeout_s: float = 600.0
     fire_itl_events: bool = True
+    user_steps: list[int] = Field(
+        default_factory=list,
+        description="closed-loop sweep: total users per step, each duration_s / len long",
+    )
 
     def save(self, run_dir: Path) -> None:
         (run_dir / "config.json").write_text(self.model_dump_json(indent=2))

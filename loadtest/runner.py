@@ -41,6 +41,7 @@ class Plan:
     duration_s: float
     rates: dict[str, list[float]] = field(default_factory=dict)  # open loop: tenant -> rate per step
     users: int | None = None  # closed loop: users per tenant
+    user_steps: list[int] = field(default_factory=list)  # closed-loop sweep: users per step (LoadTestShape)
     think_s: float = 0.0
     max_concurrency: int | None = None  # open loop: greenlets per tenant (default from the rate)
     burstiness: float = 1.0
@@ -59,8 +60,9 @@ class Plan:
         out = []
         w = max(self.workers, 1)
         for tenant in self.keys:
-            if self.users is not None:
-                out.append(Stream(tenant=tenant, users=math.ceil(self.users / w), think_s=self.think_s))
+            if self.users is not None or self.user_steps:
+                most = max([self.users or 0, *self.user_steps])
+                out.append(Stream(tenant=tenant, users=math.ceil(most / w), think_s=self.think_s))
                 continue
             rates = self.rates.get(tenant, [])
             step_s = self.duration_s / max(len(rates), 1)
@@ -166,8 +168,14 @@ def execute(plan: Plan, run_dir: Path, log: Callable[[str], None] = print) -> Ru
         workers=max(plan.workers, 1),
         ignore_eos=plan.ignore_eos,
         fire_itl_events=plan.fire_itl_events,
+        user_steps=plan.user_steps,
     )
     config.save(run_dir)
+    if plan.user_steps:
+        # sweep.py's LoadTestShape reads [(end_s, users)]: hold each user count for one step.
+        step_s = plan.duration_s / len(plan.user_steps)
+        shape = [((i + 1) * step_s, u) for i, u in enumerate(plan.user_steps)]
+        (run_dir / "user_steps.json").write_text(json.dumps(shape))
     (run_dir / "plan.json").write_text(json.dumps(plan_public(plan), indent=2, default=str))
 
     users_total = sum(s.users for s in streams) * config.workers

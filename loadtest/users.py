@@ -169,6 +169,16 @@ class Process:
         self.outstanding = 0
         self.next_user = 0
         self.standalone = isinstance(runner, LocalRunner)
+        self.t_start = time.perf_counter()
+        n_steps = len(self.config.user_steps)
+        self.user_step_s = self.config.duration_s / n_steps if n_steps else 0.0
+
+    def closed_loop_step(self) -> int:
+        """Closed-loop sweep: the index of the user-count step we are in (by time since start)."""
+        if not self.user_step_s:
+            return 0
+        elapsed = time.perf_counter() - self.t_start
+        return min(int(elapsed / self.user_step_s), len(self.config.user_steps) - 1)
 
     def assign_stream(self) -> Stream:
         """Users are handed to streams in order of their per-process user counts."""
@@ -335,7 +345,9 @@ class LlmUser(User):
             return
         proc.outstanding += 1
         try:
-            if claim is not None:
+            if claim is None:
+                step = proc.closed_loop_step()
+            else:
                 due, step = claim
                 self._delay = max(0.0, due - time.perf_counter())
                 self.wait()

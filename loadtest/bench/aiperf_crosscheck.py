@@ -263,7 +263,9 @@ def main() -> None:
         f" {b['requests']}.",
         "",
         'aiperf\'s "inter token latency" is reported here as TPOT (same definition); its "inter chunk'
-        ' latency" as ITL (gaps between streamed chunks). Raw outputs were in ' + str(work) + ".",
+        ' latency" as ITL (gaps between streamed chunks). Both tools draw their own Poisson arrival times'
+        " (same rate, different draws), so some difference is sampling: the last column shows how much two"
+        " servelab runs of the same load differ. Raw outputs were in " + str(work) + ".",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

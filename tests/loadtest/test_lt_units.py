@@ -245,3 +245,22 @@ def test_bucket_of_quantile() -> None:
     assert serverside.bucket_of_quantile(b, 0.4) == (0.0, 0.1)
     assert serverside.bucket_of_quantile(b, 0.5) == (0.1, 0.5)
     assert serverside.bucket_of_quantile(b, 0.95) == (0.5, math.inf)
+
+
+def test_closed_loop_sweep_steps_by_user_count() -> None:
+    config = RunConfig(
+        scenario="sweep",
+        target="http://x",
+        model="m",
+        duration_s=30,
+        user_steps=[1, 2, 4],
+        streams=[Stream(tenant="a", users=4)],
+    )
+    rows = []
+    for step, (n, ttft) in enumerate([(10, 0.1), (20, 0.2), (25, 3.0)]):
+        rows += [_row(i, step=step, start=step * 10 + i * 0.1, ttft=ttft, e2e=ttft + 0.5) for i in range(n)]
+    steps = analysis.sweep_steps(rows, config, Slo(ttft_s=1.0))
+    assert [s.users for s in steps] == [1, 2, 4]
+    assert [s.achieved_rps for s in steps] == pytest.approx([1.0, 2.0, 2.5])
+    k = analysis.knee(steps)
+    assert k.users == 2 and k.rate_rps == pytest.approx(2.0)
