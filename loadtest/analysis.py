@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from loadtest.rows import Row
 from loadtest.runconfig import RunConfig
@@ -146,9 +146,3 @@ def binding_verdicts(checks: Sequence[LimitCheck]) -> dict[str, str]:
         if c.tenant not in out or c.ratio > out[c.tenant].ratio:
             out[c.tenant] = c
     return {t: c.verdict for t, c in out.items()}
-
-
-def to_jsonable(obj: object) -> object:
-    if hasattr(obj, "__dataclass_fields__"):
-        return asdict(obj)  # type: ignore[arg-type]
-    return obj

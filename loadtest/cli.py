@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
+
+if TYPE_CHECKING:
+    from loadtest.workloads import DistKind
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "": 1.0}
 
@@ -22,6 +25,15 @@ def parse_duration(text: str) -> float:
     if not m:
         raise typer.BadParameter(f"not a duration: {text!r} (use e.g. 60s, 1.5m, 500ms)")
     return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _dist_kind(name: str) -> DistKind:
+    if name not in ("fixed", "uniform", "lognormal"):
+        raise typer.BadParameter(
+            f"length distribution must be fixed, uniform or lognormal (or sharegpt for"
+            f" --input-dist), got {name!r}"
+        )
+    return cast("DistKind", name)
 
 
 def parse_keys(values: list[str]) -> dict[str, str]:
@@ -132,19 +144,14 @@ def register(app: typer.Typer) -> None:
                 wl,
                 sharegpt=False,
                 input=LengthDist(
-                    input_dist or base.kind,
-                    input_len or base.mean,  # type: ignore[arg-type]
-                    sigma=base.sigma,
+                    _dist_kind(input_dist or base.kind), input_len or base.mean, sigma=base.sigma
                 ),
             )
         if output_dist or output_len:
             wl = replace(
                 wl,
                 sharegpt=False,
-                output=LengthDist(
-                    output_dist or wl.output.kind,  # type: ignore[arg-type]
-                    output_len or wl.output.mean,
-                ),
+                output=LengthDist(_dist_kind(output_dist or wl.output.kind), output_len or wl.output.mean),
             )
         if prefix_share is not None:
             wl = replace(wl, prefix_share=prefix_share)

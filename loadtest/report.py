@@ -119,6 +119,25 @@ def _workload_notes(spec: workloads.WorkloadSpec) -> dict:
     return notes
 
 
+def _describe_workload(w: dict) -> str:
+    def dist(d: dict) -> str:
+        if d["kind"] == "fixed":
+            return f"fixed {d['mean']:g}"
+        if d["kind"] == "uniform":
+            return f"uniform {d['low']}..{d['high'] or int(2 * d['mean'] - d['low'])}"
+        return f"lognormal mean {d['mean']:g} sigma {d['sigma']:g}"
+
+    lengths = (
+        "ShareGPT-like input and output"
+        if w["sharegpt"]
+        else (f"input {dist(w['input'])} tokens, output {dist(w['output'])} tokens")
+    )
+    return (
+        f"{lengths}, shared prefix {w['prefix_share']:.0%}, {w['n']} prompts, seed {w['seed']},"
+        f" tokenizer mistral-common {w['tokenizer']}"
+    )
+
+
 def _match(m: bool | None) -> str:
     return "exact match" if m else "MISMATCH" if m is False else "n/a"
 
@@ -204,7 +223,9 @@ def markdown(summary: dict) -> str:
             f"Open loop: rates per tenant {plan['rates']} req/s (steps), gamma burstiness"
             f" {plan['burstiness']} (1.0 = Poisson), seed {plan['seed']}."
         )
-    md.append(f"Workload: `{json.dumps(plan['workload'])}`; notes `{json.dumps(summary['workload_notes'])}`.")
+    md.append(
+        f"Workload: {_describe_workload(plan['workload'])}; notes `{json.dumps(summary['workload_notes'])}`."
+    )
     md.append(f"SLO: {json.dumps(plan['slo'])}.")
     md += [
         "",
@@ -227,6 +248,12 @@ def markdown(summary: dict) -> str:
         f"Throughput {o['request_rps']:.3f} req/s, {o['output_tps']:.1f} output tokens/s over a span of"
         f" {o['span_s']:.2f} s (first send to last completion).",
     ]
+    if o["ok"]:
+        md.append(
+            f"Mean tokens per successful request, from the server's usage blocks: prompt"
+            f" {o['prompt_tokens'] / o['ok']:.1f} (chat template included), completion"
+            f" {o['completion_tokens'] / o['ok']:.1f}."
+        )
     if o.get("goodput_rps") is not None:
         md.append(f"Goodput {o['goodput_rps']:.3f} req/s ({o['slo_met_fraction'] * 100:.1f}% met every SLO).")
     if "arrivals" in summary:

@@ -315,7 +315,7 @@ class LlmUser(User):
     abstract = False
     _delay = 0.0
 
-    def wait_time(self) -> float:  # type: ignore[override]
+    def wait_time(self) -> float:
         delay, self._delay = self._delay, 0.0
         return delay
 

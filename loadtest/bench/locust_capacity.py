@@ -38,7 +38,15 @@ def _children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def run_rate(base: str, rate: float, duration_s: float, workers: int, tokens: int, work: Path) -> dict:
+def _proc_cpu_s(pid: int) -> float:
+    """utime + stime of a running process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_rate(
+    base: str, rate: float, duration_s: float, workers: int, tokens: int, work: Path, upstream_pid: int
+) -> dict:
     wl = WorkloadSpec(input=LengthDist("fixed", 64), output=LengthDist("fixed", tokens), n=64)
     plan = Plan(
         scenario="chat",
@@ -54,8 +62,10 @@ def run_rate(base: str, rate: float, duration_s: float, workers: int, tokens: in
     )
     run_dir = work / f"rate-{rate:g}-w{workers}"
     cpu0 = _children_cpu_s()
+    up0 = _proc_cpu_s(upstream_pid)
     outcome = execute(plan, run_dir, log=print)
     cpu = _children_cpu_s() - cpu0
+    up_cpu = _proc_cpu_s(upstream_pid) - up0
     s = report.build(outcome, plan)
     o = s["overall"]
     return {
@@ -72,6 +82,7 @@ def run_rate(base: str, rate: float, duration_s: float, workers: int, tokens: in
         "lag_p99": o["lag"]["p99"],
         "cpu_s": cpu,
         "cpu_per_req_ms": 1000 * cpu / max(o["requests"], 1),
+        "upstream_core_share": up_cpu / max(o["span_s"], 1e-9),
         "tokens_match": s["serverside"]["tokens_match"],
     }
 
@@ -108,10 +119,10 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http_ok(f"{base}/health", 20, up.popen)
-        results = [run_rate(base, r, args.duration, 1, args.tokens, work) for r in rates]
+        results = [run_rate(base, r, args.duration, 1, args.tokens, work, up.pid) for r in rates]
         two = None
         if args.two_worker_rate:
-            two = run_rate(base, args.two_worker_rate, args.duration, 2, args.tokens, work)
+            two = run_rate(base, args.two_worker_rate, args.duration, 2, args.tokens, work, up.pid)
     finally:
         up.stop()
 
@@ -156,19 +167,21 @@ def main() -> None:
         " + loopback + parsing).",
         "",
         "| asked req/s | workers | achieved req/s | TTFT p50 ms | TTFT p95 ms | p50 excess over baseline ms |"
-        " send lag p99 ms | Locust CPU s (run total) | tokens match server | sustained |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " send lag p99 ms | Locust CPU s (run total) | upstream CPU, cores | tokens match server |"
+        " sustained |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results + ([two] if two else []):
         lines.append(
             f"| {r['rate']:g} | {r['workers']} | {r['achieved']:.2f} | {r['ttft_p50'] * 1000:.2f} |"
             f" {r['ttft_p95'] * 1000:.2f} | {r['ttft_excess_ms']:.2f} | {r['lag_p99'] * 1000:.2f} |"
-            f" {r['cpu_s']:.2f} | {r['tokens_match']} | {r['sustained']} |"
+            f" {r['cpu_s']:.2f} | {r['upstream_core_share']:.2f} | {r['tokens_match']} | {r['sustained']} |"
         )
     lines += [
         "",
         f"**Highest sustained rate, one worker: {best:g} req/s**" if best else "**No rate was sustained.**",
-        " (achieved within 5% of asked, TTFT p50 within 1 ms of the baseline, no errors).",
+        " (achieved within 5% of asked, TTFT p50 within 1 ms of the baseline, no errors). Where the"
+        " upstream's CPU approaches one core, the upstream, not Locust, is the limit of that row.",
         "",
         "## Workers needed for a rate",
         "",
