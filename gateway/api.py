@@ -127,10 +127,10 @@ async def settle(
 ) -> None:
     """Settle one request (never raises) and count it in the metrics."""
     m = rt.metrics
-    m.requests.labels(tenant, model, str(status)).inc()
+    m.child(m.requests, tenant, model, str(status)).inc()
     if usage is not None:
-        m.prompt_tokens.labels(tenant, model).inc(usage.prompt_tokens)
-        m.completion_tokens.labels(tenant, model).inc(usage.completion_tokens)
+        m.child(m.prompt_tokens, tenant, model).inc(usage.prompt_tokens)
+        m.child(m.completion_tokens, tenant, model).inc(usage.completion_tokens)
     if adm is None:
         return  # fail-open request: nothing was reserved, nothing can be metered
     cost = (
@@ -257,7 +257,7 @@ async def _completions(
     end = time.perf_counter()
     overhead = pre_overhead + (end - t_back)
     rt.metrics.overhead_seconds.observe(overhead)
-    rt.metrics.e2e_seconds.labels(preq.model).observe(end - t0)
+    rt.metrics.child(rt.metrics.e2e_seconds, preq.model).observe(end - t0)
     out_headers.update(forwardable_headers(call.response.headers.items()))
     out_headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
     return Response(data, status_code=200, headers=out_headers)
@@ -279,7 +279,7 @@ def _stream(
         status = 200 if complete else (499 if client_gone else 502)
         await settle(rt, adm, tenant, preq.model, usage, status)
         end = time.perf_counter()
-        rt.metrics.e2e_seconds.labels(preq.model).observe(end - t0)
+        rt.metrics.child(rt.metrics.e2e_seconds, preq.model).observe(end - t0)
         if first_token_at is not None:
             rt.metrics.ttft_seconds.labels(preq.model).observe(first_token_at - t0)
             if usage.completion_tokens > 1:

@@ -30,12 +30,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 def pack(args: tuple[Any, ...] | list[Any]) -> bytes:
-    """One command in RESP: an array of bulk strings."""
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
+    """One command in RESP (an array of bulk strings), packed by hiredis in C."""
+    return hiredis.pack_command(tuple(args))  # type: ignore[no-any-return]
 
 
 class _Protocol(asyncio.Protocol):
@@ -46,6 +42,8 @@ class _Protocol(asyncio.Protocol):
         self.out: list[bytes] = []
         self.flush_scheduled = False
         self.lost = False
+        self.answered = 0
+        self.watchdog: asyncio.TimerHandle | None = None
         self._on_lost = on_lost
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -59,6 +57,7 @@ class _Protocol(asyncio.Protocol):
             if reply is False:
                 return
             fut = pending.popleft()
+            self.answered += 1
             if fut.done():
                 continue
             if isinstance(reply, ResponseError):
@@ -71,6 +70,9 @@ class _Protocol(asyncio.Protocol):
         self.fail(RedisConnectionError(f"Redis connection lost: {exc or 'closed by server'}"))
 
     def fail(self, exc: Exception) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         if not self.lost:
             self.lost = True
             self._on_lost(self)
@@ -143,18 +145,29 @@ class ScriptConnection:
         return await asyncio.shield(self._connecting)
 
     async def _send(self, proto: _Protocol, args: list[Any]) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         proto.pending.append(fut)
         proto.out.append(pack(args))
         if not proto.flush_scheduled:
             proto.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(proto.flush)
-        try:
-            return await asyncio.wait_for(fut, self._timeout)
-        except TimeoutError:
-            # Replies are matched by order: after a lost reply the connection is unusable.
-            proto.fail(RedisTimeoutError("Redis did not answer in time"))
-            raise RedisTimeoutError(f"Redis did not answer within {self._timeout}s") from None
+            loop.call_soon(proto.flush)
+        if proto.watchdog is None:
+            proto.watchdog = loop.call_later(self._timeout, self._check, proto, proto.answered)
+        return await fut
+
+    def _check(self, proto: _Protocol, answered_then: int) -> None:
+        """One timer per connection instead of one per call: if replies are pending and none
+        arrived for a whole timeout, the connection is dead or Redis is stuck. Replies are
+        matched by order, so after a lost reply the connection is unusable: fail it all."""
+        proto.watchdog = None
+        if proto.lost or not proto.pending:
+            return
+        if proto.answered == answered_then:
+            proto.fail(RedisTimeoutError(f"Redis did not answer within {self._timeout}s"))
+            return
+        loop = asyncio.get_running_loop()
+        proto.watchdog = loop.call_later(self._timeout, self._check, proto, proto.answered)
 
     async def execute(self, *args: Any) -> Any:
         return await self._send(await self._get(), list(args))
