@@ -104,7 +104,14 @@ def weighted_percentiles(values: np.ndarray, counts: np.ndarray, ps: tuple[int, 
 
 @dataclass(frozen=True)
 class SimResult:
-    """Per-request latencies (seconds, arrays in request order) and run-wide figures."""
+    """Per-request latencies (seconds, arrays in request order) and run-wide figures.
+
+    `kv_usage_mean` is the mean fraction of KV blocks in use, weighted by step duration over all
+    replicas' steps (idle time excluded); `kv_usage_max` the highest fraction any step started with.
+    `summary()` keys: {ttft,tpot,itl,e2e}_{mean,p50,p95,p99}_s, request_throughput (req/s),
+    output_throughput and total_token_throughput (tok/s), duration_s, num_requests, mean_input_len,
+    mean_output_len, kv_usage_mean, kv_usage_max, preemptions, num_blocks, steps, wall_s.
+    """
 
     ttft: np.ndarray
     e2e: np.ndarray
