@@ -5,9 +5,9 @@ does, over every row (never over Locust's rounded buckets). ITL pools the chunk 
 requests. Throughput divides by the run's span: first send to last completion (vLLM's
 "benchmark duration"). Goodput counts requests per second that succeeded and met every SLO
 given (a request with one output token has no TPOT and meets a TPOT SLO, as in vLLM where its
-TPOT is 0). Open-loop runs also report the achieved arrival rate (requests sent / schedule
-window) and the send lag (actual minus scheduled send time), which shows whether the load
-generator kept up.
+TPOT is 0). Open-loop runs also report the achieved arrival rate (requests sent / time from the
+schedule's start to the last actual send) and the send lag (actual minus scheduled send time),
+which show whether the load generator kept up.
 """
 
 from __future__ import annotations
@@ -143,8 +143,18 @@ def summarize(rows: Sequence[Row], slo: Slo | None = None, span: float | None = 
 
 
 def achieved_rate(rows: Sequence[Row], window_s: float) -> float:
-    """Requests sent per second of the schedule window (open loop)."""
-    return len(rows) / window_s if window_s > 0 else 0.0
+    """Requests sent per second, from the actual send times (open loop).
+
+    The schedule's last arrival falls exactly at the end of its window (arrivals.gaps), so the
+    window opened at (last due time - window_s), due = send - lag. Dividing by the time from
+    there to the last *actual* send means a generator that falls behind shows a lower rate
+    instead of the asked one. For closed loop (lag 0) this is requests / window.
+    """
+    if not rows or window_s <= 0:
+        return 0.0
+    opened = max(r.start_unix_s - r.lag_s for r in rows) - window_s
+    last_send = max(r.start_unix_s for r in rows)
+    return len(rows) / max(last_send - opened, window_s)
 
 
 def by(rows: Sequence[Row], key: str) -> dict[object, list[Row]]:

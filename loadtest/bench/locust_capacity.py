@@ -185,21 +185,28 @@ def main() -> None:
         "",
         "## Workers needed for a rate",
         "",
-        f"Model: workers = ceil(R × c / u), with c = {cpu_per_req * 1000:.2f} ms of Locust CPU per streamed"
-        f" request of {args.tokens} chunks (slope of CPU seconds against requests over the one-worker runs;"
-        f" intercept {intercept:.2f} s is Locust's start-up) and u = 0.7 of a core usable per worker"
-        " before gevent's scheduling delay shows up in TTFT. Chunks cost most of c: scale it by the chunk"
-        " count of your workload.",
+        "Two ways to size it, both printed with their inputs:",
         "",
-        "| target req/s | workers |",
-        "|---|---|",
+        f"- measured, this machine: workers = ceil(R / S) with S = {best or 0:g} req/s, the highest rate one"
+        " worker sustained above (valid for this workload: 16 chunks per request);",
+        f"- model, dedicated cores: workers = ceil(R × c / u), c = {cpu_per_req * 1000:.2f} ms of Locust CPU"
+        f" per streamed request of {args.tokens} chunks (slope of CPU seconds against requests over the"
+        f" one-worker runs; the intercept, {intercept:.2f} s, is Locust's start-up), u = 0.7 of a core usable"
+        " per worker before gevent's scheduling delay shows in TTFT (an assumption, not measured here)."
+        " Chunks cost most of c: scale it by your workload's chunks per request.",
+        "",
+        "| target req/s | workers, measured basis (this machine) | workers, CPU model (dedicated cores) |",
+        "|---|---|---|",
     ]
     for target in (100, 500, 1000, 5000):
-        lines.append(f"| {target} | {math.ceil(target * cpu_per_req / 0.7)} |")
+        measured = math.ceil(target / best) if best else "-"
+        lines.append(f"| {target} | {measured} | {math.ceil(target * cpu_per_req / 0.7)} |")
     lines += [
         "",
-        "Each worker also needs a core of its own: on this 2-core machine, which also runs the upstream,"
-        " more than one worker mostly competes with the upstream.",
+        f"The gap between the two (one worker would need only {best or 0:g} × c ="
+        f" {(best or 0) * cpu_per_req:.2f} of a core at its sustained rate) is this machine's contention:"
+        " 2 cores shared with the upstream and with other engineers' builds and tests, so the worker is not"
+        " scheduled in time, which shows up as send lag and TTFT tails before its own CPU runs out.",
     ]
     if two:
         lines.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from loadtest import analysis, serverside, workloads
 from loadtest.arrivals import Pacer, Step, gaps, schedule
 from loadtest.rows import Row, RowWriter, merge, read_run
 from loadtest.runconfig import RunConfig, StepModel, Stream
-from loadtest.stats import Dist, Slo, summarize
+from loadtest.stats import Dist, Slo, achieved_rate, summarize
 
 
 def _row(
@@ -264,3 +265,12 @@ def test_closed_loop_sweep_steps_by_user_count() -> None:
     assert [s.achieved_rps for s in steps] == pytest.approx([1.0, 2.0, 2.5])
     k = analysis.knee(steps)
     assert k.users == 2 and k.rate_rps == pytest.approx(2.0)
+
+
+def test_achieved_rate_drops_when_sends_fall_behind_schedule() -> None:
+    on_time = [_row(i, start=100 + i * 0.1) for i in range(1, 11)]  # due = send, last due at 101.0
+    assert achieved_rate(on_time, 1.0) == pytest.approx(10.0)
+    late = [
+        replace(r, start_unix_s=r.start_unix_s + 0.1 * i, lag_s=0.1 * i) for i, r in enumerate(on_time, 1)
+    ]
+    assert achieved_rate(late, 1.0) == pytest.approx(10 / 2.0)  # last send 1 s late: 10 requests in 2 s
