@@ -64,7 +64,7 @@ def compose_override(preset_name: str) -> dict[str, Any]:
     }
 
 
-class _Override(list):  # type: ignore[type-arg]
+class _Override(list[Any]):
     """A list dumped with compose's `!override` tag (replace instead of merge)."""
 
 

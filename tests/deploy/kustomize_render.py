@@ -310,13 +310,17 @@ def _go_json(value: Any) -> str:
     return text
 
 
+# kustomize maps these hex digits to letters so a suffix never looks like a number or a word.
+_HASH_ALPHABET = str.maketrans("013ae", "ghkmt")
+
+
 def content_hash(obj: Obj) -> str:
     """kustomize's name suffix for a generated ConfigMap or Secret."""
     encoded: Obj = {"kind": obj["kind"], "name": "", "data": obj.get("data", {})}
     if obj["kind"] == "Secret":
         encoded["type"] = obj.get("type", "Opaque")
     digest = hashlib.sha256(_go_json(encoded).encode()).hexdigest()[:10]
-    return digest.translate(str.maketrans({"0": "g", "1": "h", "3": "k", "a": "m", "e": "t"}))
+    return digest.translate(_HASH_ALPHABET)
 
 
 def _finalize_generated_names(resources: list[_Res]) -> None:

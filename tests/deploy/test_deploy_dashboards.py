@@ -4,6 +4,7 @@ by compose and by the Kubernetes component. (Metric names are checked live in te
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from deploy_files import DEPLOY, K8S, load_module, load_yaml
@@ -17,9 +18,9 @@ def _generated() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("folder", [COMPOSE_DASHBOARDS, K8S_GRAFANA / "dashboards"], ids=["compose", "k8s"])
-def test_committed_dashboards_are_the_generators_output(folder: object) -> None:
+def test_committed_dashboards_are_the_generators_output(folder: Path) -> None:
     generated = _generated()
-    committed = {p.name: p.read_text() for p in folder.glob("*.json")}  # type: ignore[attr-defined]
+    committed = {p.name: p.read_text() for p in folder.glob("*.json")}
     assert committed == generated, "run: .venv/bin/python deploy/grafana/build_dashboards.py"
 
 

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from deploy_files import DEPLOY, load_module
 from openai import APIStatusError, OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from servelab.procs import Child, free_port, start, wait_port
 from servelab.redisproc import find_redis_server
@@ -154,21 +155,23 @@ def _dashboard_exprs() -> dict[str, list[str]]:
 
 def test_every_dashboard_metric_is_exported_by_a_live_server(stack: dict[str, Any]) -> None:
     acme, tiny = _client(stack, "acme"), _client(stack, "tiny")
-    msgs = [{"role": "user", "content": "Say something about mixture-of-experts routing."}]
-    acme.chat.completions.create(model="mixtral-8x7b", messages=msgs, max_tokens=8)  # type: ignore[arg-type]
-    for _ in acme.chat.completions.create(model="mixtral-8x7b", messages=msgs, max_tokens=8, stream=True):  # type: ignore[arg-type]
+    msgs: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Say something about mixture-of-experts routing."}
+    ]
+    acme.chat.completions.create(model="mixtral-8x7b", messages=msgs, max_tokens=8)
+    for _ in acme.chat.completions.create(model="mixtral-8x7b", messages=msgs, max_tokens=8, stream=True):
         pass
     # A stream the client abandons after the first chunk (the client-disconnect series).
-    abandoned = acme.chat.completions.create(model="mixtral-8x7b", messages=msgs, max_tokens=400, stream=True)  # type: ignore[arg-type]
+    abandoned = acme.chat.completions.create(model="mixtral-8x7b", messages=msgs, max_tokens=400, stream=True)
     next(iter(abandoned))
     abandoned.close()
     # More tokens than tiny's whole per-minute bucket: a 429 from the token limit.
     with pytest.raises(APIStatusError) as err:
-        tiny.chat.completions.create(model="mixtral-8x7b", messages=msgs, max_tokens=5000)  # type: ignore[arg-type]
+        tiny.chat.completions.create(model="mixtral-8x7b", messages=msgs, max_tokens=5000)
     assert err.value.status_code == 429
     # A backend that refuses connections: the backend-error series.
     with pytest.raises(APIStatusError) as err:
-        acme.chat.completions.create(model="broken", messages=msgs, max_tokens=8)  # type: ignore[arg-type]
+        acme.chat.completions.create(model="broken", messages=msgs, max_tokens=8)
     assert err.value.status_code >= 500
 
     info = stack["info"]
