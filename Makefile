@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint clean compose-up-cpu compose-up-gpu compose-down kind-up kind-down
 
 $(BIN)/servelab: pyproject.toml
 	@command -v uv >/dev/null 2>&1 || $(PY) -m pip install --quiet uv
@@ -23,7 +23,19 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+
+## Deploy paths (need docker / kind / kubectl; each script checks and says what is missing).
+PRESET ?= mixtral-8x7b-fp8-h100
+compose-up-cpu:
+	scripts/compose-up.sh cpu
+compose-up-gpu: install
+	scripts/compose-up.sh gpu $(PRESET)
+compose-down:
+	scripts/compose-down.sh
+kind-up:
+	scripts/kind-up.sh
+kind-down:
+	scripts/kind-down.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs
