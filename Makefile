@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test install lint clean compose-up-cpu compose-up-gpu compose-down kind-up kind-down
 
+# uv through `python -m uv`: a freshly pip-installed uv may not be on PATH yet (pyenv shims).
 $(BIN)/servelab: pyproject.toml
-	@command -v uv >/dev/null 2>&1 || $(PY) -m pip install --quiet uv
-	uv venv --quiet --python $(PY) $(VENV)
-	uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	@$(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install --quiet uv
+	@[ -x $(BIN)/python ] || $(PY) -m uv venv --quiet --python $(PY) $(VENV)
+	$(PY) -m uv pip install --quiet --python $(BIN)/python -e '.[dev]'
 	@touch $@
 
 install: $(BIN)/servelab
