@@ -177,6 +177,18 @@ def table(overall: dict) -> str:
 def text(summary: dict) -> str:
     """What the CLI prints at the end of a run."""
     out = [table(summary["overall"])]
+    if "tenants" in summary:
+        out.append("")
+        out.append(
+            f"{'tenant':<14}{'requests':>9}{'ok':>7}{'429':>6}{'TTFT p50':>10}{'TTFT p95':>10}"
+            f"{'TPOT p50':>10}{'TPOT p95':>10}  (ms)"
+        )
+        for t, s in summary["tenants"].items():
+            out.append(
+                f"{t:<14}{s['requests']:>9}{s['ok']:>7}{s['rate_limited']:>6}{_ms(s['ttft']['p50']):>10}"
+                f"{_ms(s['ttft']['p95']):>10}{_ms(s['tpot']['p50']):>10}{_ms(s['tpot']['p95']):>10}"
+            )
+        out.append("")
     for tenant, a in summary.get("arrivals", {}).items():
         out.append(
             f"arrivals[{tenant}]: asked {a['asked_rps']:.2f}/s, achieved {a['achieved_rps']:.2f}/s"

@@ -274,3 +274,22 @@ def test_achieved_rate_drops_when_sends_fall_behind_schedule() -> None:
         replace(r, start_unix_s=r.start_unix_s + 0.1 * i, lag_s=0.1 * i) for i, r in enumerate(on_time, 1)
     ]
     assert achieved_rate(late, 1.0) == pytest.approx(10 / 2.0)  # last send 1 s late: 10 requests in 2 s
+
+
+# --- CLI parsing ------------------------------------------------------------------------------
+
+
+def test_cli_option_parsers() -> None:
+    import typer
+
+    from loadtest.cli import parse_duration, parse_keys, parse_limits
+
+    assert parse_duration("60s") == 60 and parse_duration("1.5m") == 90 and parse_duration("500ms") == 0.5
+    assert parse_duration("2") == 2
+    with pytest.raises(typer.BadParameter, match="not a duration"):
+        parse_duration("soon")
+    assert parse_keys(["sk-a", "sk-b"]) == {"default": "sk-a", "t1": "sk-b"}
+    assert parse_keys(["acme=sk-1", "noisy=sk-2"]) == {"acme": "sk-1", "noisy": "sk-2"}
+    assert parse_limits(["acme:rpm=600,tpm=20000"]) == {"acme": {"rpm": 600.0, "tpm": 20000.0}}
+    with pytest.raises(typer.BadParameter, match="unknown limit 'rps'"):
+        parse_limits(["acme:rps=10"])
