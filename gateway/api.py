@@ -9,6 +9,7 @@ than the rest of the gateway's work on a small request.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from gateway.auth import Principal
 from gateway.config import EffectivePlan, Model
 from gateway.errors import (
     AuthenticationFailed,
+    BackendUnavailable,
     BodyTooLarge,
     GatewayError,
     InvalidRequest,
@@ -35,6 +37,7 @@ from gateway.errors import (
     rate_limit_headers,
     rejection,
 )
+from gateway.fairness import FairQueue, QueueFull
 from gateway.metering import tenant_usage
 from gateway.proxy import StreamProxy, UpstreamCall, forwardable_headers, open_upstream, read_json
 from gateway.ratelimit import Decision, Usage, cost_micro_usd
@@ -166,6 +169,24 @@ async def settle(
         )
 
 
+async def _wait_in_queue(
+    rt: Runtime, queue: FairQueue, adm: Admitted | None, tenant: str, model: str, cost: int, weight: float
+) -> float:
+    """Wait for a backend slot in fair order; 503 (settled, nothing metered) if it takes too long."""
+    t = time.perf_counter()
+    try:
+        await asyncio.wait_for(queue.acquire(tenant, cost, weight), rt.settings.queue_timeout_s)
+    except (TimeoutError, QueueFull) as exc:
+        await settle(rt, adm, tenant, model, None, 503)
+        raise BackendUnavailable(
+            f"Model {model!r} is saturated: no backend slot within {rt.settings.queue_timeout_s:g}s "
+            f"({type(exc).__name__})."
+        ) from None
+    waited = time.perf_counter() - t
+    rt.metrics.child(rt.metrics.queue_wait_seconds, tenant).observe(waited)
+    return waited
+
+
 async def completions(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
     """Raw ASGI handler of both completion routes (app.py dispatches to it before FastAPI)."""
     headers = dict(scope["headers"])
@@ -220,6 +241,10 @@ async def _completions(
         out_headers.update(rate_limit_headers(decision))
         adm = Admitted(principal, plan, preq.model, model, lease_id, reserve, decision.month, rid, t0)
 
+    queue = rt.queues.get(preq.model)
+    waited = 0.0
+    if queue is not None:
+        waited = await _wait_in_queue(rt, queue, adm, tenant, preq.model, reserve, plan.fair_share_weight)
     rt.metrics.in_flight.inc()
     path = "/v1/chat/completions" if chat else "/v1/completions"
     t_up = time.perf_counter()
@@ -235,19 +260,24 @@ async def _completions(
         )
     except GatewayError as exc:
         rt.metrics.in_flight.dec()
+        if queue is not None:
+            queue.release()
         await settle(rt, adm, tenant, preq.model, None, exc.status)
         raise
-    pre_overhead = t_up - t0
+    pre_overhead = t_up - t0 - waited  # waiting for a backend slot is not gateway overhead
     if preq.stream:
         out_headers["x-gateway-overhead-ms"] = f"{pre_overhead * 1000:.3f}"
         rt.metrics.overhead_seconds.observe(pre_overhead)
-        return _stream(rt, call, adm, tenant, preq, out_headers, t0)
+        return _stream(rt, call, adm, tenant, preq, out_headers, t0, queue)
     try:
         data, usage = await read_json(call, preq.model)
     except GatewayError as exc:
         rt.metrics.in_flight.dec()
         await settle(rt, adm, tenant, preq.model, None, exc.status)
         raise
+    finally:
+        if queue is not None:
+            queue.release()
     t_back = time.perf_counter()
     if usage is None:
         log.warning("Backend reported no usage; metering the prompt estimate: request_id=%s", rid)
@@ -271,9 +301,12 @@ def _stream(
     preq: ProxyRequest,
     headers: dict[str, str],
     t0: float,
+    queue: FairQueue | None,
 ) -> StreamProxy:
     async def on_end(usage: Usage, complete: bool, client_gone: bool, first_token_at: float | None) -> None:
         rt.metrics.in_flight.dec()
+        if queue is not None:
+            queue.release()
         if client_gone:
             rt.metrics.disconnects.labels(tenant).inc()
         status = 200 if complete else (499 if client_gone else 502)

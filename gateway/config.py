@@ -57,6 +57,10 @@ class Model(_Strict):
     upstream_model: str | None = Field(default=None, description="Model id sent upstream (default: same).")
     input_price_per_million_usd: float = Field(default=0.0, ge=0)
     output_price_per_million_usd: float = Field(default=0.0, ge=0)
+    max_in_flight_per_backend: PositiveInt | None = Field(
+        default=None,
+        description="Requests per backend beyond which requests wait in the fair queue (None: no queue).",
+    )
     continuous_usage_stats: bool = Field(
         default=False, description="Backend is vLLM-like and supports stream_options.continuous_usage_stats."
     )

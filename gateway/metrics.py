@@ -74,6 +74,13 @@ class GatewayMetrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.queue_wait_seconds = Histogram(
+            "servelab_gateway_queue_wait_seconds",
+            "Time an admitted request waited in the fair queue for a backend slot.",
+            ["tenant"],
+            buckets=_LATENCY,
+            registry=r,
+        )
         self.in_flight = Gauge(
             "servelab_gateway_in_flight_requests", "Proxied requests in progress.", registry=r
         )

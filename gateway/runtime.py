@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from gateway.auth import KeyStore
 from gateway.config import EffectivePlan, GatewayConfig
+from gateway.fairness import FairQueue
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import Limiter
 from gateway.routing import BackendPool
@@ -36,9 +37,15 @@ class Runtime:
     metrics: GatewayMetrics
     redis_ok: bool = field(default=True)
     plans: dict[str, EffectivePlan] = field(default_factory=dict)
+    queues: dict[str, FairQueue] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.plans = {t: self.config.effective_plan(t) for t in self.config.tenants}
+        self.queues = {
+            name: FairQueue(m.max_in_flight_per_backend * len(m.backends))
+            for name, m in self.config.models.items()
+            if m.max_in_flight_per_backend
+        }
 
     def plan(self, tenant: str) -> EffectivePlan:
         return self.plans[tenant]

@@ -55,4 +55,7 @@ class GatewaySettings(BaseSettings):
     backend_down_s: float = Field(
         default=2.0, description="How long a backend that refused a connection is skipped by routing."
     )
+    queue_timeout_s: float = Field(
+        default=30.0, description="Longest wait in the fair queue of a saturated model before a 503."
+    )
     log_level: str = Field(default="info", description="Python logging level of the gateway loggers.")
