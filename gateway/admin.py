@@ -1,10 +1,13 @@
 """The admin HTTP API under /admin/v1, guarded by the admin bearer token from the environment.
 
-Tenants and plans come from the YAML config (read-only here); keys and usage live in Redis.
+Tenants and plans come from the YAML config; a tenant's limits can be changed at run time
+(liveplans.py); keys and usage live in Redis.
 The `servelab tenants|keys|usage` commands are thin clients of these routes.
 
     GET    /admin/v1/tenants                       tenants with their effective plans
     GET    /admin/v1/tenants/{tenant}              one tenant
+    PUT    /admin/v1/tenants/{tenant}/plan         change limits at run time, on every replica
+    DELETE /admin/v1/tenants/{tenant}/plan         back to the YAML config
     POST   /admin/v1/tenants/{tenant}/keys         -> 201 {"key": "sk-...", "key_id", "tenant"} (shown once)
     GET    /admin/v1/tenants/{tenant}/keys         key records (never the key itself)
     DELETE /admin/v1/keys/{key_id}                 revoke; every replica stops accepting it within 1 s
@@ -22,6 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
+from gateway.config import PlanOverrides
 from gateway.errors import AdminAuthFailed, NotFound, RedisUnavailable
 from gateway.metering import recent_events, tenant_usage
 from gateway.runtime import Runtime, runtime
@@ -51,7 +55,8 @@ def _tenant(rt: Runtime, tenant: str) -> dict[str, Any]:
         raise NotFound(f"No tenant {tenant!r} in the config.", param="tenant")
     return {
         "tenant": tenant,
-        "plan": dataclasses.asdict(rt.config.effective_plan(tenant)),
+        "plan": dataclasses.asdict(rt.plan(tenant)),
+        "runtime_overrides": rt.plans.runtime_overrides(tenant),
         "models": rt.config.allowed_models(tenant),
     }
 
@@ -65,6 +70,22 @@ def build_router() -> APIRouter:
 
     @router.get("/tenants/{tenant}")
     async def get_tenant(tenant: str, rt: Runtime = Depends(admin_runtime)) -> dict[str, Any]:
+        return _tenant(rt, tenant)
+
+    @router.put("/tenants/{tenant}/plan")
+    async def change_plan(
+        tenant: str, body: PlanOverrides, rt: Runtime = Depends(admin_runtime)
+    ) -> dict[str, Any]:
+        """Change a tenant's limits at run time on every replica (fields left out stay as they are)."""
+        _tenant(rt, tenant)
+        await rt.plans.set(tenant, body)
+        return _tenant(rt, tenant)
+
+    @router.delete("/tenants/{tenant}/plan")
+    async def reset_plan(tenant: str, rt: Runtime = Depends(admin_runtime)) -> dict[str, Any]:
+        """Drop the runtime changes: back to the YAML config."""
+        _tenant(rt, tenant)
+        await rt.plans.clear(tenant)
         return _tenant(rt, tenant)
 
     @router.post("/tenants/{tenant}/keys", status_code=201)
@@ -95,7 +116,7 @@ def build_router() -> APIRouter:
         tenant: str, month: str | None = None, events: int = 10, rt: Runtime = Depends(admin_runtime)
     ) -> dict[str, Any]:
         _tenant(rt, tenant)
-        report = await tenant_usage(rt.redis, tenant, rt.config.effective_plan(tenant), month)
+        report = await tenant_usage(rt.redis, tenant, rt.plan(tenant), month)
         report["recent_events"] = await recent_events(rt.redis, tenant, max(0, min(events, 1000)))
         return report
 

@@ -27,10 +27,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from gateway import admin, api
-from gateway.auth import KeyStore
+from gateway import admin, api, broadcast
+from gateway.auth import REVOKED_CHANNEL, KeyStore
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import GatewayError, InvalidRequest, UnprocessableRequest, error_response
+from gateway.liveplans import CONFIG_CHANNEL
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import new_session
 from gateway.ratelimit import Limiter
@@ -100,7 +101,7 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
             settled_ttl_s=settings.settled_ttl_s,
             stream_maxlen=settings.usage_stream_maxlen,
         )
-        keys = KeyStore(redis, settings.key_cache_ttl_s, subscriber=subscriber)
+        keys = KeyStore(redis, settings.key_cache_ttl_s)
         session = new_session(
             connect_timeout_s=settings.upstream_connect_timeout_s,
             read_timeout_s=settings.upstream_read_timeout_s,
@@ -123,7 +124,11 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
         except RedisError as exc:
             rt.redis_failed("script_load", exc)
         subscribed = asyncio.Event()
-        follower = asyncio.create_task(keys.follow_revocations(subscribed))
+        channels = [
+            broadcast.Channel(REVOKED_CHANNEL, keys.on_revoked, keys.resync),
+            broadcast.Channel(CONFIG_CHANNEL, rt.plans.on_changed, rt.plans.resync),
+        ]
+        follower = asyncio.create_task(broadcast.follow(subscriber, channels, subscribed))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(subscribed.wait(), timeout=2.0)
         app.state.runtime = rt

@@ -4,7 +4,7 @@ Auth must not be a third Redis round trip per request: a Cluster script cannot t
 `key:<digest>` and `rl:{tenant}:*` in one slot, so the key lookup cannot ride inside admit.lua.
 Each process therefore caches digest -> (tenant, key id). A revocation deletes the digest and
 PUBLISHes it on `servelab:keys:revoked`; every replica's subscriber drops it from its cache at
-once (milliseconds, well under the 1 s promise). The cache TTL is the backstop for a replica
+once (milliseconds, well under the 1 s promise; see broadcast.py). The cache TTL is the backstop for a replica
 that missed a message, and a subscriber that loses its connection clears the whole cache when
 it gets back, since it cannot know what it missed. A miss costs one HGETALL, once per key.
 
@@ -16,8 +16,6 @@ Redis layout:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -26,7 +24,6 @@ import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from gateway.errors import AuthenticationFailed, NotFound
 
@@ -60,11 +57,8 @@ class KeyRecord:
 class KeyStore:
     """Keys in Redis plus this process's cache of digests."""
 
-    def __init__(self, redis: Redis, cache_ttl_s: float, subscriber: Redis | None = None) -> None:
+    def __init__(self, redis: Redis, cache_ttl_s: float) -> None:
         self._redis = redis
-        # Pub/sub blocks on a read for as long as nothing is revoked: it gets its own client
-        # without the command socket timeout.
-        self._subscriber = subscriber or redis
         self._ttl = cache_ttl_s
         self._cache: dict[str, tuple[Principal, float]] = {}
 
@@ -134,34 +128,16 @@ class KeyStore:
         self._cache[d] = (principal, now + self._ttl)
         return principal
 
+    async def on_revoked(self, d: str) -> None:
+        """Pub/sub handler: a key was revoked somewhere."""
+        self.forget(d)
+
+    async def resync(self) -> None:
+        """After a pub/sub gap anything may have been revoked meanwhile: start clean."""
+        self.forget()
+
     def forget(self, d: str | None = None) -> None:
         if d is None:
             self._cache.clear()
         else:
             self._cache.pop(d, None)
-
-    async def follow_revocations(self, ready: asyncio.Event | None = None) -> None:
-        """Run forever: drop revoked digests from the cache as their messages arrive."""
-        backoff = 0.05
-        while True:
-            pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(REVOKED_CHANNEL)
-                # Anything revoked while we were not listening is unknown to us: start clean.
-                self.forget()
-                if ready is not None:
-                    ready.set()
-                backoff = 0.05
-                while True:
-                    msg = await pubsub.get_message(timeout=None)
-                    if msg is not None and msg.get("type") == "message":
-                        self.forget(msg["data"].decode())
-            except (RedisError, OSError) as exc:
-                # Keep the cache while Redis is away (nothing can be revoked then, and fail-open
-                # needs it); it is cleared on reconnect, above.
-                log.warning("Key revocation subscriber lost Redis, will resubscribe: error=%s", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()

@@ -1,7 +1,7 @@
 """Gateway commands: run a gateway, and manage tenants, keys and usage through the admin API.
 
     servelab gateway --config gateway/demo.yaml --host 127.0.0.1 --port 8080
-    servelab tenants list | show TENANT
+    servelab tenants list | show TENANT | set-limits TENANT --requests-per-minute N ... | reset-limits TENANT
     servelab keys create TENANT [--name NAME] | list TENANT | revoke KEY_ID
     servelab usage TENANT [--month YYYY-MM]
 
@@ -157,6 +157,39 @@ def register(app: typer.Typer) -> None:
     def tenants_show(tenant: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = "") -> None:
         """One tenant's effective plan and models."""
         typer.echo(json.dumps(_call(url, admin_token, "GET", f"/admin/v1/tenants/{tenant}"), indent=2))
+
+    @tenants.command("set-limits")
+    def tenants_set_limits(
+        tenant: str,
+        requests_per_minute: Annotated[int | None, typer.Option()] = None,
+        tokens_per_minute: Annotated[int | None, typer.Option()] = None,
+        tokens_per_month: Annotated[int | None, typer.Option()] = None,
+        max_concurrent_requests: Annotated[int | None, typer.Option()] = None,
+        fair_share_weight: Annotated[float | None, typer.Option()] = None,
+        default_max_tokens: Annotated[int | None, typer.Option()] = None,
+        url: UrlOpt = DEFAULT_URL,
+        admin_token: TokenOpt = "",
+    ) -> None:
+        """Change TENANT's limits at run time on every replica (until reset-limits)."""
+        fields = {
+            "requests_per_minute": requests_per_minute,
+            "tokens_per_minute": tokens_per_minute,
+            "tokens_per_month": tokens_per_month,
+            "max_concurrent_requests": max_concurrent_requests,
+            "fair_share_weight": fair_share_weight,
+            "default_max_tokens": default_max_tokens,
+        }
+        body = {k: v for k, v in fields.items() if v is not None}
+        typer.echo(
+            json.dumps(_call(url, admin_token, "PUT", f"/admin/v1/tenants/{tenant}/plan", body), indent=2)
+        )
+
+    @tenants.command("reset-limits")
+    def tenants_reset_limits(tenant: str, url: UrlOpt = DEFAULT_URL, admin_token: TokenOpt = "") -> None:
+        """Drop TENANT's runtime limit changes: back to the YAML config."""
+        typer.echo(
+            json.dumps(_call(url, admin_token, "DELETE", f"/admin/v1/tenants/{tenant}/plan"), indent=2)
+        )
 
     @keys.command("create")
     def keys_create(

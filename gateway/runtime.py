@@ -17,6 +17,7 @@ from starlette.requests import Request
 from gateway.auth import KeyStore
 from gateway.config import EffectivePlan, GatewayConfig
 from gateway.fairness import FairQueue
+from gateway.liveplans import LivePlans
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import Limiter
 from gateway.routing import BackendPool
@@ -36,11 +37,11 @@ class Runtime:
     pool: BackendPool
     metrics: GatewayMetrics
     redis_ok: bool = field(default=True)
-    plans: dict[str, EffectivePlan] = field(default_factory=dict)
+    plans: LivePlans = field(init=False)
     queues: dict[str, FairQueue] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.plans = {t: self.config.effective_plan(t) for t in self.config.tenants}
+        self.plans = LivePlans(self.config, self.redis)
         self.queues = {
             name: FairQueue(m.max_in_flight_per_backend * len(m.backends))
             for name, m in self.config.models.items()
@@ -48,7 +49,7 @@ class Runtime:
         }
 
     def plan(self, tenant: str) -> EffectivePlan:
-        return self.plans[tenant]
+        return self.plans.plans[tenant]
 
     def redis_failed(self, op: str, exc: BaseException) -> None:
         self.metrics.redis_errors.labels(op).inc()

@@ -126,3 +126,29 @@ def test_revoked_key_fails_on_the_other_replica_within_1s(fast_upstream, write_c
         assert time.monotonic() - revoked_at < 1.0, "replica b still accepts a revoked key after 1 s"
         time.sleep(0.01)
     assert time.monotonic() - revoked_at < 1.0
+
+
+def test_plan_change_at_run_time_reaches_the_other_replica(fast_upstream, write_config, gateway) -> None:
+    cfg = write_config([fast_upstream(tokens=2)], {"acme": plan()})
+    a, b = gateway(cfg), gateway(cfg)
+    client_b = b.client(a.new_key("acme"))
+    with a.admin() as admin:
+        r = admin.put("/admin/v1/tenants/acme/plan", json={"requests_per_minute": 2})
+        assert r.status_code == 200 and r.json()["plan"]["requests_per_minute"] == 2
+        assert admin.put("/admin/v1/tenants/acme/plan", json={"burst": 1}).status_code == 422
+    changed_at = time.monotonic()
+    while True:  # b learns the new limit over pub/sub
+        with b.admin() as admin:
+            if admin.get("/admin/v1/tenants/acme").json()["plan"]["requests_per_minute"] == 2:
+                break
+        assert time.monotonic() - changed_at < 1.0
+        time.sleep(0.01)
+    client_b.chat.completions.create(model="fast", messages=MSG)
+    client_b.chat.completions.create(model="fast", messages=MSG)
+    with pytest.raises(openai.RateLimitError) as info:
+        client_b.chat.completions.create(model="fast", messages=MSG)
+    assert "limit 2," in info.value.body["message"]
+    with a.admin() as admin:
+        assert admin.delete("/admin/v1/tenants/acme/plan").json()["plan"]["requests_per_minute"] == 100_000
+    with gateway(cfg).admin() as admin:  # a replica started later picks the state up from Redis
+        assert admin.get("/admin/v1/tenants/acme").json()["runtime_overrides"] == {}

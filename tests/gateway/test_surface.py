@@ -81,6 +81,11 @@ def test_cli_keys_tenants_usage(fast_upstream, write_config, gateway) -> None:
     res = runner.invoke(cli_app, ["tenants", "list", "--json", *common])
     assert json.loads(res.output)[0]["tenant"] == "acme"
 
+    res = runner.invoke(cli_app, ["tenants", "set-limits", "acme", "--requests-per-minute", "7", *common])
+    assert res.exit_code == 0 and json.loads(res.output)["plan"]["requests_per_minute"] == 7, res.output
+    res = runner.invoke(cli_app, ["tenants", "reset-limits", "acme", *common])
+    assert json.loads(res.output)["runtime_overrides"] == {}
+
     res = runner.invoke(cli_app, ["usage", "acme", *common])
     assert res.exit_code == 0 and "1 requests" in res.output, res.output
 
