@@ -63,6 +63,17 @@ def parse_limits(values: list[str]) -> dict[str, dict[str, float]]:
     return out
 
 
+def parse_predict(text: str, model: str) -> dict[str, str]:
+    """'gpu=h100,tp=2' -> {'model': MODEL, 'gpu': 'h100', 'tp': '2'} (model defaults to --model)."""
+    out = {"model": model}
+    for part in text.split(","):
+        k, _, v = part.partition("=")
+        if k not in ("model", "gpu", "tp", "dtype", "speedup") or not v:
+            raise typer.BadParameter(f"--predict wants model=,gpu=,tp=,dtype=,speedup= pairs, got {part!r}")
+        out[k] = v
+    return out
+
+
 def register(app: typer.Typer) -> None:
     report_app = typer.Typer(help="Work with load-test run folders.", no_args_is_help=True)
     app.add_typer(report_app, name="report")
@@ -70,7 +81,7 @@ def register(app: typer.Typer) -> None:
     @report_app.command("compare")
     def compare_cmd(run_a: Path, run_b: Path) -> None:
         """Print two runs' percentiles, throughput and goodput side by side with their differences."""
-        from loadtest.report import compare
+        from loadtest.render import compare
 
         typer.echo(compare(run_a, run_b))
 
@@ -114,6 +125,12 @@ def register(app: typer.Typer) -> None:
         noisy_tenant: Annotated[str | None, typer.Option(help="multitenant: the flooding tenant")] = None,
         noisy_factor: Annotated[float, typer.Option(help="multitenant: noisy rate = factor x --rate")] = 10.0,
         limit: Annotated[list[str] | None, typer.Option(help="ratelimit: TENANT:rpm=N,tpm=M")] = None,
+        predict: Annotated[
+            str | None,
+            typer.Option(
+                help="sweep: also predict the knee offline, e.g. gpu=h100,tp=2,dtype=bf16,speedup=1"
+            ),
+        ] = None,
         max_concurrency: Annotated[int | None, typer.Option(help="open loop: greenlets per tenant")] = None,
         drain: Annotated[str, typer.Option(help="wait this long for in-flight requests at the end")] = "60s",
         ignore_eos: Annotated[
@@ -123,7 +140,7 @@ def register(app: typer.Typer) -> None:
         """Run a load-test scenario headless and print the p50/p95/p99 table (see docs/loadtest.md)."""
         from dataclasses import replace
 
-        from loadtest import report
+        from loadtest import render, report
         from loadtest.runner import Plan, default_run_dir, execute
         from loadtest.scenarios import DEFAULTS
         from loadtest.stats import Slo
@@ -205,12 +222,13 @@ def register(app: typer.Typer) -> None:
             metrics_urls=tuple(metrics_url or ()),
             drain_s=parse_duration(drain),
             limits=parse_limits(limit or []),
+            predict=parse_predict(predict, model) if predict else {},
         )
         run_dir = out or default_run_dir(scenario)
         typer.echo(f"loadtest {scenario}: {d.description}; run folder {run_dir}", err=True)
         outcome = execute(plan, run_dir, log=lambda m: typer.echo(m, err=True))
         summary = report.build(outcome, plan)
-        typer.echo(report.text(summary))
+        typer.echo(render.text(summary))
         plot_paths = ", ".join(str(run_dir / p) for p in summary["plots"])
         typer.echo(f"\nreport: {run_dir / 'report.md'}  plots: {plot_paths}")
         if outcome.returncode not in (0, 1):

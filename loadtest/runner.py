@@ -53,6 +53,9 @@ class Plan:
     metrics_urls: tuple[str, ...] = ()
     drain_s: float = 60.0
     limits: dict[str, dict[str, float]] = field(default_factory=dict)  # ratelimit: tenant -> rpm/tpm
+    predict: dict[str, str] = field(
+        default_factory=dict
+    )  # sweep: offline-simulator setup (model, gpu, tp, ...)
     out_dir: Path | None = None
     fire_itl_events: bool = True
 
@@ -142,6 +145,17 @@ class RunOutcome:
     before: serverside.Scrape | None
     after: serverside.Scrape | None
     wall_s: float
+    metrics_urls: tuple[str, ...] = ()
+
+
+def _detect_backend_metrics(target: str) -> tuple[str, ...]:
+    """The target's own /metrics, if it is a backend (vLLM names); () for a gateway or anything else."""
+    url = f"{target.rstrip('/')}/metrics"
+    try:
+        scrape = serverside.scrape(url, timeout_s=2.0)
+    except (OSError, ValueError):
+        return ()
+    return (url,) if any(n in scrape.values for n in serverside.PROMPT_COUNTERS) else ()
 
 
 def _scrape_all(urls: Sequence[str]) -> serverside.Scrape | None:
@@ -210,7 +224,8 @@ def execute(plan: Plan, run_dir: Path, log: Callable[[str], None] = print) -> Ru
         str(run_dir / "locust.html"),
         "--only-summary",
     ]
-    before = _scrape_all(plan.metrics_urls)
+    metrics_urls = plan.metrics_urls or _detect_backend_metrics(plan.target)
+    before = _scrape_all(metrics_urls)
     children: list[Child] = []
     t_start = time.monotonic()
     if config.workers == 1:
@@ -268,9 +283,9 @@ def execute(plan: Plan, run_dir: Path, log: Callable[[str], None] = print) -> Ru
     progress.poll()
     progress.show(time.monotonic() - t_start, final=True)
     wall = time.monotonic() - t_start
-    after = _scrape_all(plan.metrics_urls)
+    after = _scrape_all(metrics_urls)
     rowsmod.merge(run_dir)
-    return RunOutcome(run_dir, main.popen.returncode or 0, config, before, after, wall)
+    return RunOutcome(run_dir, main.popen.returncode or 0, config, before, after, wall, tuple(metrics_urls))
 
 
 def plan_public(plan: Plan) -> dict:

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from loadtest import report
-from loadtest.predict import predict_knee
 from loadtest.runner import Plan, execute
 from loadtest.stats import Slo
 from loadtest.workloads import LengthDist, WorkloadSpec
@@ -67,24 +66,24 @@ def test_sweep_knee_within_20_percent_of_offline_simulator(
         duration_s=STEP_S * len(RATES),
         rates={"default": RATES},
         slo=SLO,
-        metrics_urls=(f"{base}/metrics",),
         drain_s=30,
+        predict={"model": "mixtral-8x7b", "gpu": "h100", "tp": "2", "dtype": "bf16", "speedup": str(SPEEDUP)},
     )
     s = report.build(execute(plan, tmp_path, log=print), plan)
     steps = s["steps"]
     assert [st["offered_rps"] for st in steps] == RATES
     assert all(st["achieved_rps"] == pytest.approx(st["offered_rps"], rel=0.05) for st in steps)
+    assert s["metrics_urls"] == [f"{base}/metrics"]  # found on its own: the target is a backend
     assert s["serverside"]["tokens_match"] is True
     measured = s["knee"]["rate_rps"]
-    mean_prompt = (
-        s["overall"]["prompt_tokens"] / s["overall"]["ok"]
-    )  # content + chat template, server-counted
-    pred = predict_knee(RATES, STEP_S, SLO, round(mean_prompt), 16, tp=2, speedup=SPEEDUP)
+    # The prediction (loadtest/predict.py via report.build) is fed the run's server-counted mean
+    # prompt tokens (content + chat template) and completion tokens.
+    pred = s["prediction"]
     print(
         "predicted",
-        [(p.rate_rps, round(p.ttft_p95_s, 3), round(p.tpot_p95_s, 3)) for p in pred.steps],
+        [(p["rate_rps"], round(p["ttft_p95_s"], 3), round(p["tpot_p95_s"], 3)) for p in pred["steps"]],
         "knee",
-        pred.knee_rps,
+        pred["knee_rps"],
         "measured",
         measured,
         [
@@ -96,6 +95,8 @@ def test_sweep_knee_within_20_percent_of_offline_simulator(
             for st in steps
         ],
     )
-    assert pred.knee_rps is not None and measured is not None
-    assert abs(measured - pred.knee_rps) <= 0.2 * pred.knee_rps
+    assert pred["inputs"]["tp"] == 2 and pred["inputs"]["output_len"] == 16
+    assert pred["knee_rps"] is not None and measured is not None
+    assert abs(measured - pred["knee_rps"]) <= 0.2 * pred["knee_rps"]
+    assert "Offline simulator" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "sweep.png").exists()

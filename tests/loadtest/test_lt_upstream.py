@@ -55,6 +55,7 @@ def test_open_loop_rows_are_consistent_rate_is_met_and_tokens_match_the_server(
     assert arrivals["achieved_rps"] == pytest.approx(20.0, rel=0.05)
     # ... and the sends really happened on schedule (the rate is not just a count).
     assert summary["overall"]["lag"]["p50"] < 0.02
+    assert summary["warnings"] == []
     side = summary["serverside"]
     assert side["tokens_match"] is True
     assert side["client_prompt_tokens"] == side["server_prompt_tokens"] > 0
