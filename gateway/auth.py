@@ -92,7 +92,7 @@ class KeyStore:
         tenant_b = await self._redis.get(f"keyid:{key_id}")
         if tenant_b is None:
             raise NotFound(f"No API key with id {key_id!r}.", param="key_id")
-        tenant = tenant_b.decode()
+        tenant = tenant_b.decode() if isinstance(tenant_b, bytes) else str(tenant_b)
         raw = await self._redis.hget(f"keys:{{{tenant}}}", key_id)
         if raw is None:
             raise NotFound(f"No API key with id {key_id!r}.", param="key_id")
@@ -120,8 +120,10 @@ class KeyStore:
         now = time.monotonic()
         if hit is not None and hit[1] > now:
             return hit[0]
-        fields = await self._redis.hmget(f"key:{d}", "tenant", "key_id")
-        if fields[0] is None:
+        fields: list[bytes | None] = await self._redis.hmget(  # type: ignore[assignment]
+            f"key:{d}", "tenant", "key_id"
+        )
+        if fields[0] is None or fields[1] is None:
             self._cache.pop(d, None)
             raise AuthenticationFailed("Incorrect or revoked API key.")
         principal = Principal(tenant=fields[0].decode(), key_id=fields[1].decode())

@@ -73,7 +73,7 @@ class LivePlans:
         self._apply(tenant, json.loads(raw) if raw else None)
 
     async def resync(self) -> None:
-        raw = await self._redis.hgetall(OVERRIDES_KEY)
+        raw: dict[bytes, bytes] = await self._redis.hgetall(OVERRIDES_KEY)  # type: ignore[assignment]
         stored = {k.decode(): json.loads(v) for k, v in raw.items()}
         for tenant in self._config.tenants:
             self._apply(tenant, stored.get(tenant))

@@ -80,7 +80,8 @@ async def tenant_usage(
 
 async def recent_events(redis: Redis, tenant: str, count: int = 20) -> list[dict[str, str]]:
     """The newest entries of the tenant's usage stream, newest first."""
-    out = []
-    for entry_id, fields in await redis.xrevrange(keys(tenant)["events"], count=count):
+    out: list[dict[str, str]] = []
+    entries: Any = await redis.xrevrange(keys(tenant)["events"], count=count)
+    for entry_id, fields in entries:
         out.append({"id": entry_id.decode(), **{k.decode(): v.decode() for k, v in fields.items()}})
     return out

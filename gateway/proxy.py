@@ -48,7 +48,7 @@ _DROP = frozenset(
 def forwardable_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Upstream response headers minus hop-by-hop ones and those named in `Connection`."""
     pairs = list(headers)
-    named = set()
+    named: set[str] = set()
     for k, v in pairs:
         if k.lower() == "connection":
             named.update(t.strip().lower() for t in v.split(","))

@@ -31,7 +31,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 def pack(args: tuple[Any, ...] | list[Any]) -> bytes:
     """One command in RESP (an array of bulk strings), packed by hiredis in C."""
-    return hiredis.pack_command(tuple(args))  # type: ignore[no-any-return]
+    packed: bytes = hiredis.pack_command(tuple(args))
+    return packed
 
 
 class _Protocol(asyncio.Protocol):
