@@ -296,8 +296,8 @@ def report(results: list[RunResult], args: argparse.Namespace) -> str:
         lines += [
             f"## {'Streaming' if stream else 'Non-streaming'}",
             "",
-            "| rate req/s | path | ok | err | achieved req/s | p50 ms | p95 ms | p99 ms | added p50 | added p95 "
-            "| added p99 | gw CPU ms/req |",
+            "| rate req/s | path | ok | err | achieved req/s | p50 ms | p95 ms | p99 ms "
+            "| added p50 | added p95 | added p99 | gw CPU ms/req |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         direct = {x.rate: x for x in rows if x.target == "direct"}
