@@ -39,7 +39,7 @@ CONFIG = {
         "big": _plan(),
         "flood": _plan(requests_per_minute=60),
         "rpm100": _plan(requests_per_minute=100),
-        "tpm2000": _plan(tokens_per_minute=2000),
+        "tpm3000": _plan(tokens_per_minute=3000),
         "rpm150": _plan(requests_per_minute=150),  # the "deliberately loosened" limit (we expect 100)
     },
     "tenants": {
@@ -47,7 +47,7 @@ CONFIG = {
         "steady": {"plan": "big"},
         "noisy": {"plan": "flood"},
         "rl_req": {"plan": "rpm100"},
-        "rl_tok": {"plan": "tpm2000"},
+        "rl_tok": {"plan": "tpm3000"},
         "rl_loose": {"plan": "rpm150"},
         "longctx": {"plan": "big"},
     },
@@ -128,12 +128,12 @@ def test_multitenant_reports_per_tenant_percentiles_and_429s(stack: dict, tmp_pa
 @pytest.mark.slow
 def test_ratelimit_admitted_matches_allowed_and_flags_a_loosened_limit(stack: dict, tmp_path: Path) -> None:
     tiny = WorkloadSpec(input=LengthDist("fixed", 16), output=LengthDist("fixed", 4), n=32)
-    limits = {"rl_req": {"rpm": 100}, "rl_tok": {"tpm": 2000}, "rl_loose": {"rpm": 100}}
+    limits = {"rl_req": {"rpm": 100}, "rl_tok": {"tpm": 3000}, "rl_loose": {"rpm": 100}}
     s = _run(
         stack,
         tmp_path,
         "ratelimit",
-        {"rl_req": [40.0], "rl_tok": [40.0], "rl_loose": [40.0]},
+        {"rl_req": [40.0], "rl_tok": [60.0], "rl_loose": [40.0]},
         tiny,
         limits=limits,
     )

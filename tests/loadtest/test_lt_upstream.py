@@ -155,3 +155,24 @@ def test_cli_closed_loop_then_report_compare(fast_upstream: Callable[..., str], 
     )
     assert cmp.returncode == 0, cmp.stderr
     assert "TTFT p95 ms" in cmp.stdout and "requests/s" in cmp.stdout
+
+
+@pytest.mark.slow
+def test_unreachable_target_gives_failed_rows_and_a_warning_not_a_hang(tmp_path: Path) -> None:
+    from servelab.procs import free_port
+
+    plan = Plan(
+        scenario="chat",
+        target=f"http://127.0.0.1:{free_port()}",
+        model="fast",
+        keys={"default": "sk"},
+        workload=SMALL,
+        duration_s=1.0,
+        rates={"default": [5.0]},
+        drain_s=5,
+    )
+    summary = _run(plan, tmp_path)
+    rows = read_run(tmp_path)
+    assert len(rows) == 5 and all(r.status == 0 and "Connection" in r.error for r in rows)
+    assert summary["overall"]["ok"] == 0 and summary["overall"]["errors"] == 5
+    assert any("failed other than by rate limiting" in w for w in summary["warnings"])
