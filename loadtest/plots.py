@@ -90,6 +90,7 @@ def tenants(per_tenant: Mapping[str, Summary], path: Path) -> Path:
     ax2.bar(list(xs), [per_tenant[n].rate_limited for n in names], color="tab:red")
     ax2.set_xticks(list(xs), names)
     ax2.set_ylabel("HTTP 429 responses")
+    ax2.yaxis.get_major_locator().set_params(integer=True)
     ax2.set_title("Rate-limited requests per tenant")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
