@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -167,21 +168,13 @@ async def read_json(call: UpstreamCall, model: str) -> tuple[bytes, Usage | None
     return data, usage
 
 
+# A chunk that carries no generated text: no choices, an empty delta, or empty content/text.
+_NO_TOKEN = re.compile(rb'"choices": ?\[\]|"delta": ?\{\}|"(?:content|text)": ?""')
+
+
 def _is_content_chunk(payload: bytes) -> bool:
     """One generated token, heuristically: a chunk with choices and non-empty text or delta content."""
-    if b'"choices":[]' in payload or b'"choices": []' in payload:
-        return False
-    return not any(
-        marker in payload
-        for marker in (
-            b'"content":""',
-            b'"content": ""',
-            b'"text":""',
-            b'"text": ""',
-            b'"delta":{}',
-            b'"delta": {}',
-        )
-    )
+    return _NO_TOKEN.search(payload) is None
 
 
 class StreamProxy(Response):
