@@ -63,6 +63,19 @@ def parse_limits(values: list[str]) -> dict[str, dict[str, float]]:
     return out
 
 
+def limits_from_gateway_config(path: Path, tenants: list[str]) -> dict[str, dict[str, float]]:
+    """rpm/tpm of each tenant's effective plan in a gateway YAML config (the file the gateway runs)."""
+    from gateway.config import load_config
+
+    cfg = load_config(path)
+    out: dict[str, dict[str, float]] = {}
+    for t in tenants:
+        if t in cfg.tenants:
+            plan = cfg.effective_plan(t)
+            out[t] = {"rpm": float(plan.requests_per_minute), "tpm": float(plan.tokens_per_minute)}
+    return out
+
+
 def parse_predict(text: str, model: str) -> dict[str, str]:
     """'gpu=h100,tp=2' -> {'model': MODEL, 'gpu': 'h100', 'tp': '2'} (model defaults to --model)."""
     out = {"model": model}
@@ -125,6 +138,12 @@ def register(app: typer.Typer) -> None:
         noisy_tenant: Annotated[str | None, typer.Option(help="multitenant: the flooding tenant")] = None,
         noisy_factor: Annotated[float, typer.Option(help="multitenant: noisy rate = factor x --rate")] = 10.0,
         limit: Annotated[list[str] | None, typer.Option(help="ratelimit: TENANT:rpm=N,tpm=M")] = None,
+        limits_from: Annotated[
+            Path | None,
+            typer.Option(
+                help="ratelimit: take each tenant's rpm/tpm from this gateway config (--limit wins)"
+            ),
+        ] = None,
         predict: Annotated[
             str | None,
             typer.Option(
@@ -221,7 +240,10 @@ def register(app: typer.Typer) -> None:
             slo=slo,
             metrics_urls=tuple(metrics_url or ()),
             drain_s=parse_duration(drain),
-            limits=parse_limits(limit or []),
+            limits={
+                **(limits_from_gateway_config(limits_from, list(keys)) if limits_from else {}),
+                **parse_limits(limit or []),
+            },
             predict=parse_predict(predict, model) if predict else {},
         )
         run_dir = out or default_run_dir(scenario)

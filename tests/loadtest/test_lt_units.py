@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import yaml
 
 from loadtest import analysis, serverside, workloads
 from loadtest.arrivals import Pacer, Step, gaps, schedule
@@ -293,3 +294,23 @@ def test_cli_option_parsers() -> None:
     assert parse_limits(["acme:rpm=600,tpm=20000"]) == {"acme": {"rpm": 600.0, "tpm": 20000.0}}
     with pytest.raises(typer.BadParameter, match="unknown limit 'rps'"):
         parse_limits(["acme:rps=10"])
+
+
+def test_limits_from_the_gateway_config_use_the_effective_plan(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from loadtest.cli import limits_from_gateway_config
+
+    plan = {
+        "requests_per_minute": 600,
+        "tokens_per_minute": 200000,
+        "tokens_per_month": 10**8,
+        "max_concurrent_requests": 32,
+    }
+    cfg = {
+        "plans": {"std": plan},
+        "tenants": {"a": {"plan": "std"}, "b": {"plan": "std", "overrides": {"requests_per_minute": 5}}},
+        "models": {"m": {"backends": ["http://127.0.0.1:1"]}},
+    }
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    limits = limits_from_gateway_config(path, ["a", "b", "nobody"])
+    assert limits == {"a": {"rpm": 600.0, "tpm": 200000.0}, "b": {"rpm": 5.0, "tpm": 200000.0}}
