@@ -104,7 +104,7 @@ def stream_once(client: HTTPClient, path: str, body: bytes, headers: dict[str, s
             now = time.perf_counter()
             data = json.loads(payload)
             if "error" in data and not data.get("choices"):
-                resp.release()
+                resp.read()  # drain to the end of the body so the connection goes back to the pool clean
                 return Timing(
                     status, f"stream error: {data['error']}"[:300], ttft, now - st, -1, -1, gaps, chunks
                 )
@@ -120,7 +120,9 @@ def stream_once(client: HTTPClient, path: str, body: bytes, headers: dict[str, s
                 prompt_tokens = int(usage.get("prompt_tokens", -1))
                 completion_tokens = int(usage.get("completion_tokens", -1))
             most_recent = now
-        resp.release()
+        # Read past [DONE] to the end of the chunked body: a connection returned to the pool with
+        # the terminating chunk still unread would corrupt the next response on it.
+        resp.read()
     except Exception as exc:  # connection refused/reset, timeout, bad JSON: a failed request, with the reason
         return Timing(
             0, f"{type(exc).__name__}: {exc}"[:300], ttft, time.perf_counter() - st, -1, -1, gaps, chunks
