@@ -90,6 +90,7 @@ def test_master_and_two_workers_share_one_schedule(fast_upstream: Callable[..., 
         duration_s=3.0,
         rates={"default": [20.0]},
         workers=2,
+        endpoint="completions",  # /v1/completions with `text` chunks, while we are at it
         drain_s=3,
         metrics_urls=(f"{base}/metrics",),
     )
