@@ -267,9 +267,11 @@ def markdown(summary: dict) -> str:
             f"Token totals: **{_match(s['tokens_match'])}**."
             f" Metric names used: `{json.dumps(s['source_names'])}`.",
         ]
-        for q, b in s["ttft_buckets"].items():
+        buckets = [("TTFT", q, b) for q, b in s["ttft_buckets"].items()]
+        buckets += [("E2E", q, b) for q, b in s.get("e2e_buckets", {}).items()]
+        for metric, q, b in buckets:
             md.append(
-                f"TTFT {q}: server histogram bucket"
+                f"{metric} {q}: server histogram bucket"
                 f" ({_ms(b['server_bucket_lo_s'])}, {_ms(b['server_bucket_hi_s'])}] ms,"
                 f" client {_ms(b['client_s'])} ms -> within bucket: {b['within_bucket']},"
                 f" not below it: {b['not_below_bucket']}."

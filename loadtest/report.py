@@ -83,6 +83,7 @@ def build(outcome: RunOutcome, plan: Plan) -> dict:
             overall.completion_tokens,
             overall.ok,
             {"p50": overall.ttft.p50, "p95": overall.ttft.p95},
+            {"p50": overall.e2e.p50, "p95": overall.e2e.p95},
         )
         summary["serverside"] = cc.to_dict()
     # Plots.

@@ -5,8 +5,8 @@ clock stopped at the headers). The backend's counters are an independent witness
 and generation token totals that vLLM (and our simulator, under the same names) counts must
 equal the sums of the `usage` blocks the client received, exactly; the client's TTFT
 percentiles must fall in (or, by the network and gateway time, just above) the histogram bucket
-that holds the server's own percentile. Names tried in order: vLLM's, then the fast upstream's
-(`loadtest/bench/upstream.py`), which has counters only.
+that holds the server's own percentile (and likewise for end-to-end latency). Names tried in
+order: vLLM's, then the fast upstream's (`loadtest/bench/upstream.py`), which has counters only.
 """
 
 from __future__ import annotations
@@ -110,15 +110,21 @@ class CrossCheck:
     client_ok_requests: int
     tokens_match: bool | None
     ttft_buckets: dict[str, dict[str, float | bool | None]]
+    e2e_buckets: dict[str, dict[str, float | bool | None]]
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def cross_check(
-    d: Scrape, client_prompt: int, client_completion: int, client_ok: int, client_ttft: Mapping[str, float]
+    d: Scrape,
+    client_prompt: int,
+    client_completion: int,
+    client_ok: int,
+    client_ttft: Mapping[str, float],
+    client_e2e: Mapping[str, float] | None = None,
 ) -> CrossCheck:
-    """Compare the server's deltas with the client's sums; client_ttft maps 'p50'/'p95' to seconds."""
+    """Compare the server's deltas with the client's sums; client_* map 'p50'/'p95' to seconds."""
     names: dict[str, str] = {}
     p = _first(d.values, PROMPT_COUNTERS)
     g = _first(d.values, GENERATION_COUNTERS)
@@ -129,25 +135,8 @@ def cross_check(
     match = None
     if p is not None and g is not None:
         match = round(p[1]) == client_prompt and round(g[1]) == client_completion
-    ttft: dict[str, dict[str, float | bool | None]] = {}
-    hist = d.buckets.get(TTFT_HISTOGRAM)
-    if hist:
-        names["ttft_histogram"] = TTFT_HISTOGRAM
-        for key, q in (("p50", 0.50), ("p95", 0.95)):
-            bounds = bucket_of_quantile(hist, q)
-            client = client_ttft.get(key, math.nan)
-            if bounds is None:
-                continue
-            lo, hi = bounds
-            # The client sees the server's TTFT plus network (and gateway) time, so its percentile
-            # may sit in the server's bucket or above it, never below the bucket's lower bound.
-            ttft[key] = {
-                "server_bucket_lo_s": lo,
-                "server_bucket_hi_s": hi,
-                "client_s": client,
-                "within_bucket": lo <= client <= hi,
-                "not_below_bucket": client >= lo,
-            }
+    ttft = _bucket_checks(d, TTFT_HISTOGRAM, client_ttft, names, "ttft_histogram")
+    e2e = _bucket_checks(d, E2E_HISTOGRAM, client_e2e or {}, names, "e2e_histogram")
     return CrossCheck(
         source_names=names,
         server_prompt_tokens=p[1] if p else None,
@@ -158,4 +147,32 @@ def cross_check(
         client_ok_requests=client_ok,
         tokens_match=match,
         ttft_buckets=ttft,
+        e2e_buckets=e2e,
     )
+
+
+def _bucket_checks(
+    d: Scrape, name: str, client: Mapping[str, float], names: dict[str, str], label: str
+) -> dict[str, dict[str, float | bool | None]]:
+    """Per p50/p95: the server histogram's bucket that holds the quantile, and where the client's sits."""
+    hist = d.buckets.get(name)
+    out: dict[str, dict[str, float | bool | None]] = {}
+    if not hist:
+        return out
+    names[label] = name
+    for key, q in (("p50", 0.50), ("p95", 0.95)):
+        bounds = bucket_of_quantile(hist, q)
+        if bounds is None:
+            continue
+        lo, hi = bounds
+        value = client.get(key, math.nan)
+        # The client sees the server's latency plus network (and gateway) time, so its percentile
+        # may sit in the server's bucket or above it, never below the bucket's lower bound.
+        out[key] = {
+            "server_bucket_lo_s": lo,
+            "server_bucket_hi_s": hi,
+            "client_s": value,
+            "within_bucket": lo <= value <= hi,
+            "not_below_bucket": value >= lo,
+        }
+    return out

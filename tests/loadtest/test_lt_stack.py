@@ -108,6 +108,7 @@ def test_chat_through_gateway_rows_consistent_tokens_exact_rate_met(stack: dict,
     assert side["source_names"]["prompt"] == "vllm:prompt_tokens_total"
     # The client's TTFT includes the gateway and the network, so it is never below the server's bucket.
     assert all(b["not_below_bucket"] for b in side["ttft_buckets"].values())
+    assert side["e2e_buckets"] and all(b["not_below_bucket"] for b in side["e2e_buckets"].values())
     assert s["overall"]["goodput_rps"] is not None
 
 
