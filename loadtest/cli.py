@@ -115,8 +115,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
         think: Annotated[str, typer.Option(help="closed loop think time")] = "0s",
         duration: Annotated[str, typer.Option(help="how long to send (sweep: all steps together)")] = "60s",
-        slo_ttft: Annotated[str | None, typer.Option(help="SLO on TTFT, e.g. 1s")] = None,
-        slo_tpot: Annotated[str | None, typer.Option(help="SLO on TPOT, e.g. 50ms")] = None,
+        slo_ttft: Annotated[
+            str | None, typer.Option(help="SLO on TTFT for goodput (default 1s unless any SLO given)")
+        ] = None,
+        slo_tpot: Annotated[
+            str | None, typer.Option(help="SLO on TPOT for goodput (default 50ms unless any SLO given)")
+        ] = None,
         slo_e2e: Annotated[str | None, typer.Option(help="SLO on end-to-end latency")] = None,
         out: Annotated[Path | None, typer.Option(help="run folder (default runs/SCENARIO-TIMESTAMP)")] = None,
         workers: Annotated[int, typer.Option(help="Locust worker processes (1: standalone)")] = 1,
@@ -218,7 +222,8 @@ def register(app: typer.Typer) -> None:
         user_steps: list[int] = []
         if scenario == "sweep" and users is not None:
             user_steps = [max(1, round(users * (i + 1) / steps)) for i in range(steps)]
-        if scenario == "sweep" and not slo.any:
+        if not slo.any:
+            # Goodput needs an SLO; these defaults (an interactive chat's) are printed in the report.
             slo = Slo(ttft_s=1.0, tpot_s=0.05)
         plan = Plan(
             scenario=scenario,
