@@ -129,6 +129,8 @@ def demo(
             "--out",
             str(run_dir / "chat"),
         ]
+        for url in info["backend_urls"]:
+            argv += ["--metrics-url", f"{url}/metrics"]
         console.print(f"running the chat scenario at {rate} req/s for {duration} as tenant {tenant!r}")
         code = subprocess.call(argv)
         if code != 0:
