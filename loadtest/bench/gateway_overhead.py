@@ -32,8 +32,9 @@ import aiohttp
 import httpx
 import redis
 import yaml
+from fastapi import FastAPI, Request, Response
 
-from servelab.procs import Child, free_port, python_module, start, wait_http_ok
+from servelab.procs import Child, free_port, python_module, start, wait_http_ok, wait_port
 from servelab.redisproc import start_redis
 
 MODEL = "fast"
@@ -56,6 +57,51 @@ class RunResult:
     lag_p99_ms: float  # how late the generator started requests (its own saturation)
     cpu_ms_per_req: float | None
     redis_per_req: dict[str, float] | None
+
+
+LEAN_SCRIPT = "local n = redis.call('INCR', KEYS[1]); redis.call('EXPIRE', KEYS[1], 60); return n"
+
+
+def serve_lean(port: int, upstream: str, redis_url: str) -> None:
+    """The calibration point from the issue: FastAPI + aiohttp + one EVALSHA, no metering, no metrics."""
+    import contextlib
+
+    import uvicorn
+    from redis.asyncio import BlockingConnectionPool, Redis
+
+    state: dict[str, object] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        r = Redis(connection_pool=BlockingConnectionPool.from_url(redis_url, max_connections=256))
+        state["script"] = r.register_script(LEAN_SCRIPT)
+        state["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        yield
+        await state["session"].close()  # type: ignore[attr-defined]
+        await r.aclose(close_connection_pool=True)
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        body = await request.body()
+        await state["script"](keys=["{lean}:n"], args=[])  # type: ignore[operator]
+        session: aiohttp.ClientSession = state["session"]  # type: ignore[assignment]
+        async with session.post(
+            f"{upstream}/v1/chat/completions", data=body, headers={"content-type": "application/json"}
+        ) as resp:
+            data = await resp.read()
+        return Response(data, status_code=resp.status, media_type="application/json")
+
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+    )
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -187,7 +233,18 @@ def main() -> None:
     ap.add_argument("--modes", default="nonstream,stream")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown report here")
     ap.add_argument("--json", type=Path, default=None, help="write raw results as JSON here")
+    ap.add_argument(
+        "--lean",
+        action="store_true",
+        help="also measure the issue's calibration point (FastAPI + aiohttp + one EVALSHA), non-streaming",
+    )
+    ap.add_argument(
+        "--serve-lean", nargs=3, metavar=("PORT", "UPSTREAM", "REDIS_URL"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args()
+    if args.serve_lean:
+        serve_lean(int(args.serve_lean[0]), args.serve_lean[1], args.serve_lean[2])
+        return
 
     work = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     children: list[Child] = []
@@ -238,6 +295,25 @@ def main() -> None:
         ).json()["key"]
         r = redis.Redis.from_url(rs.url)
         results: list[RunResult] = []
+        if args.lean:
+            lean_port = free_port()
+            lean = start(
+                "lean",
+                python_module(
+                    "loadtest.bench.gateway_overhead", "--serve-lean", str(lean_port), up_url, rs.url
+                ),
+                log_path=work / "lean.log",
+            )
+            children.append(lean)
+            lean_url = f"http://127.0.0.1:{lean_port}"
+            wait_port("127.0.0.1", lean_port, 20)
+            for rate in [float(x) for x in args.rates.split(",")]:
+                res = run(
+                    "lean", f"{lean_url}/v1/chat/completions", None, rate, args.duration, False, lean.pid, r
+                )
+                results.append(res)
+                print(json.dumps(res.__dict__), flush=True)
+            lean.stop()
         for mode in args.modes.split(","):
             stream = mode == "stream"
             for rate in [float(x) for x in args.rates.split(",")]:
@@ -302,7 +378,7 @@ def report(results: list[RunResult], args: argparse.Namespace) -> str:
         ]
         direct = {x.rate: x for x in rows if x.target == "direct"}
         for x in rows:
-            d = direct.get(x.rate) if x.target == "gateway" else None
+            d = direct.get(x.rate) if x.target != "direct" else None
             add = (
                 f"{x.p50_ms - d.p50_ms:.2f} | {x.p95_ms - d.p95_ms:.2f} | {x.p99_ms - d.p99_ms:.2f}"
                 if d
@@ -314,6 +390,12 @@ def report(results: list[RunResult], args: argparse.Namespace) -> str:
                 f"{x.p50_ms:.2f} | {x.p95_ms:.2f} | {x.p99_ms:.2f} | {add} | {cpu} |"
             )
         gw_rows = [x for x in rows if x.target == "gateway"]
+        if any(x.target == "lean" for x in rows):
+            lines += [
+                "",
+                "`lean` is the issue's calibration point, run on this machine in the same session: a "
+                "FastAPI route + redis-py EVALSHA (one INCR) + aiohttp forward; no auth, metering, metrics.",
+            ]
         best = max((x.rate for x in gw_rows if sustained(x)), default=None)
         lines += [
             "",
