@@ -238,12 +238,20 @@ def main() -> None:
         action="store_true",
         help="also measure the issue's calibration point (FastAPI + aiohttp + one EVALSHA), non-streaming",
     )
+    ap.add_argument("--report-from", type=Path, default=None, help="re-render the report from --json output")
     ap.add_argument(
         "--serve-lean", nargs=3, metavar=("PORT", "UPSTREAM", "REDIS_URL"), help=argparse.SUPPRESS
     )
     args = ap.parse_args()
     if args.serve_lean:
         serve_lean(int(args.serve_lean[0]), args.serve_lean[1], args.serve_lean[2])
+        return
+    if args.report_from:
+        results = [RunResult(**x) for x in json.loads(args.report_from.read_text())]
+        text = report(results, args, args.report_from.stat().st_mtime)
+        if args.out:
+            args.out.write_text(text)
+        print(text)
         return
 
     work = Path(tempfile.mkdtemp(prefix="gw-bench-"))
@@ -340,11 +348,66 @@ def main() -> None:
         rs.stop()
 
 
-def report(results: list[RunResult], args: argparse.Namespace) -> str:
+def summary(results: list[RunResult]) -> list[str]:
+    """The issue's targets next to what this run measured."""
+
+    def find(target: str, stream: bool, rate: float) -> RunResult | None:
+        return next((x for x in results if (x.target, x.stream, x.rate) == (target, stream, rate)), None)
+
+    out = ["## Against the targets", "", "| target | measured | met |", "|---|---|---|"]
+    gw, d = find("gateway", False, 200.0), find("direct", False, 200.0)
+    if gw and d:
+        p50, p99 = gw.p50_ms - d.p50_ms, gw.p99_ms - d.p99_ms
+        out.append(
+            f"| p50 added ≤ 2 ms at 200 req/s, non-streaming | {p50:.2f} ms | {'yes' if p50 <= 2 else 'no'} |"
+        )
+        out.append(
+            f"| p99 added ≤ 5 ms at 200 req/s, non-streaming | {p99:.2f} ms | {'yes' if p99 <= 5 else 'no'} |"
+        )
+    for stream, goal in ((False, 800), (True, 500)):
+        best = max(
+            (x.rate for x in results if x.target == "gateway" and x.stream == stream and sustained(x)),
+            default=0.0,
+        )
+        kind = "streaming" if stream else "non-streaming"
+        out.append(
+            f"| sustains ≥ {goal} req/s {kind} | {best:.0f} req/s | {'yes' if best >= goal else 'no'} |"
+        )
+    cpus = [
+        (x.rate, x.stream, x.cpu_ms_per_req) for x in results if x.target == "gateway" and x.cpu_ms_per_req
+    ]
+    if cpus:
+        cells = ", ".join(f"{c:.2f} @ {r:.0f}{' s' if s else ''}" for r, s, c in cpus)
+        parts = []
+        for stream in (False, True):
+            rates = [r for r, st, c in cpus if st == stream and c <= 0.8]
+            kind = "streaming" if stream else "non-streaming"
+            parts.append(f"{kind} at ≥ {min(rates):.0f} req/s" if rates else f"{kind}: no")
+        ok = "; ".join(parts)
+        out.append(f"| gateway CPU ≤ 0.8 ms/request | {cells} (ms @ req/s, s = streaming) | {ok} |")
+    rt = [x.redis_per_req.get("evalsha", 0) for x in results if x.target == "gateway" and x.redis_per_req]
+    if rt:
+        out.append(
+            f"| exactly 2 Redis round trips per request | {min(rt):.3f}–{max(rt):.3f} EVALSHA/request | "
+            f"{'yes' if all(abs(v - 2) < 0.01 for v in rt) else 'no'} |"
+        )
+    lean = [x for x in results if x.target == "lean"]
+    for x in lean:
+        g = find("gateway", False, x.rate)
+        if g and g.cpu_ms_per_req and x.cpu_ms_per_req:
+            out.append(
+                f"| (calibration) lean proxy CPU, {x.rate:.0f} req/s | {x.cpu_ms_per_req:.2f} ms vs gateway "
+                f"{g.cpu_ms_per_req:.2f} ms | – |"
+            )
+    return [*out, ""]
+
+
+def report(results: list[RunResult], args: argparse.Namespace, measured_at: float | None = None) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(measured_at or time.time()))
     lines = [
         "# Gateway overhead",
         "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node()} "
+        f"Measured {when} on {platform.node()} "
         f"({os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}), with:",
         "",
         "    .venv/bin/python -m loadtest.bench.gateway_overhead "
@@ -357,13 +420,16 @@ def report(results: list[RunResult], args: argparse.Namespace) -> str:
                 ("modes", args.modes),
             )
         )
+        + (" --lean" if args.lean else "")
         + f" --out {args.out}",
         "",
         "One gateway worker, one fast upstream (16 tokens, no delay), one redis-server and the load "
         "generator share this machine's CPUs; the machine was also used by other work at the time, so "
         "treat single numbers as noisy. Latencies are end to end at the client (streaming: to the last "
-        "byte); added = gateway minus direct at the same percentile and rate.",
+        "byte); added = gateway minus direct at the same percentile and rate. CPU is the gateway "
+        "process's utime+stime over the step (warm-up included) divided by its requests.",
         "",
+        *summary(results),
     ]
     for stream in (False, True):
         rows = [x for x in results if x.stream == stream]
@@ -408,7 +474,7 @@ def report(results: list[RunResult], args: argparse.Namespace) -> str:
         rp = next((x.redis_per_req for x in gw_rows if x.redis_per_req), None)
         if rp:
             lines += [
-                "Redis commands per request (INFO commandstats delta / requests, last step; EVALSHA "
+                "Redis commands per request (INFO commandstats delta / requests, first gateway step; EVALSHA "
                 "= round trips, the rest run inside the two scripts): "
                 + ", ".join(f"{k} {v}" for k, v in sorted(rp.items())),
                 "",
