@@ -127,10 +127,8 @@ def test_gateway_configs_are_the_demo_config_with_other_backends(flavour: str) -
     mine = load_config(DEPLOY / "gateway" / f"{flavour}.yaml")
     assert mine.plans == demo.plans and mine.tenants == demo.tenants
     for name, model in mine.models.items():
-        expected = demo.models[name].model_copy(
-            update={"backends": model.backends, "continuous_usage_stats": flavour == "gpu"}
-        )
-        assert model == expected
+        # vLLM and the simulator both stream running usage, so only the backend URLs differ.
+        assert model == demo.models[name].model_copy(update={"backends": model.backends})
 
 
 def test_gpu_override_reserves_the_gpus_and_runs_the_preset() -> None:
