@@ -36,6 +36,7 @@ async def follow(subscriber: Redis, channels: list[Channel], ready: asyncio.Even
     """
     by_name = {c.name: c for c in channels}
     backoff = 0.05
+    failing = False
     while True:
         pubsub = subscriber.pubsub(ignore_subscribe_messages=True)
         try:
@@ -44,13 +45,18 @@ async def follow(subscriber: Redis, channels: list[Channel], ready: asyncio.Even
                 await c.resync()
             if ready is not None:
                 ready.set()
+            if failing:
+                log.warning("Pub/sub subscriber is back; keys and plans resynced from Redis.")
+            failing = False
             backoff = 0.05
             while True:
                 msg = await pubsub.get_message(timeout=None)
                 if msg is not None and msg.get("type") == "message":
                     await by_name[msg["channel"].decode()].on_message(msg["data"].decode())
         except (RedisError, OSError) as exc:
-            log.warning("Pub/sub subscriber lost Redis, will resubscribe and resync: error=%s", exc)
+            if not failing:  # one line per outage, not one per retry
+                log.warning("Pub/sub subscriber lost Redis, will resubscribe and resync: error=%s", exc)
+            failing = True
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
         finally:

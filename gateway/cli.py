@@ -72,6 +72,7 @@ def run_gateway(
         loop="uvloop",
         http="httptools",
         access_log=False,
+        proxy_headers=False,  # bound to 127.0.0.1 or behind a known proxy: skip the per-request rewrite
         log_level="warning",
         timeout_graceful_shutdown=5,
     )
