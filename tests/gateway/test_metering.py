@@ -20,7 +20,7 @@ def upstream_counter(base: str, name: str) -> int:
 
 
 def test_usage_counters_equal_what_clients_received(fast_upstream, write_config, gateway, redis_url) -> None:
-    up = fast_upstream(tokens=20, itl_ms=50)
+    up = fast_upstream(tokens=20, itl_ms=150)
     gw = gateway(write_config([up], {"acme": plan()}))
     client = gw.client(gw.new_key("acme"))
     msgs = [{"role": "user", "content": PROMPT}]
@@ -58,7 +58,7 @@ def test_usage_counters_equal_what_clients_received(fast_upstream, write_config,
     seen_prompt += math.ceil(len(PROMPT) / 4)
     seen_completion += 3
 
-    # disconnect mid-stream after 4 chunks (50 ms apart): the upstream is closed, 4 tokens metered
+    # disconnect mid-stream after 4 chunks (150 ms apart): the upstream is closed, 4 tokens metered
     aborted_before = upstream_counter(up, "upstream_aborted_total")
     stream = client.chat.completions.create(model="fast", messages=msgs, max_tokens=20, stream=True)
     received = 0

@@ -68,8 +68,8 @@ def test_monthly_quota_gives_insufficient_quota(fast_upstream, write_config, gat
 
 
 async def test_concurrent_requests_cannot_overshoot_tpm(fast_upstream, write_config, gateway) -> None:
-    # 20 requests at once, each reserving 10 of 100 tokens, each held 500 ms upstream: exactly 10 admitted
-    gw = gateway(write_config([fast_upstream(tokens=8, ttft_ms=500)], {"acme": plan(tokens_per_minute=100)}))
+    # 20 requests at once, each reserving 10 of 100 tokens, each held 1.5 s upstream: exactly 10 admitted
+    gw = gateway(write_config([fast_upstream(tokens=8, ttft_ms=1500)], {"acme": plan(tokens_per_minute=100)}))
     key = gw.new_key("acme")
     client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0)
 
