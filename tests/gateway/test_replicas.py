@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 
+import httpx
 import openai
 import pytest
 import redis
@@ -37,12 +38,32 @@ def test_two_gateway_processes_enforce_one_concurrency_limit(
 ) -> None:
     # 160 requests at once over two processes; each holds its lease 3 s upstream, so every request
     # arrives while the first 64 are still running: exactly 64 may be admitted, across both.
-    cfg = write_config([fast_upstream(tokens=2, ttft_ms=3000)], {"acme": plan(max_concurrent_requests=64)})
+    up = fast_upstream(tokens=2, ttft_ms=3000)
+    cfg = write_config([up], {"acme": plan(max_concurrent_requests=64)})
     a, _ = gateway_proc(cfg, lease_ttl_s=30)
     b, _ = gateway_proc(cfg, lease_ttl_s=30)
-    statuses = asyncio.run(_burst([a.url, b.url], a.new_key("acme"), 160))
+    key = a.new_key("acme")
+    peak = [0]
+    stop = threading.Event()
+
+    def watch_upstream() -> None:  # what the backend really saw at once, sampled every 20 ms
+        with httpx.Client() as c:
+            while not stop.is_set():
+                for line in c.get(f"{up}/metrics").text.splitlines():
+                    if line.startswith("upstream_in_flight "):
+                        peak[0] = max(peak[0], int(float(line.split()[1])))
+                stop.wait(0.02)
+
+    watcher = threading.Thread(target=watch_upstream)
+    watcher.start()
+    try:
+        statuses = asyncio.run(_burst([a.url, b.url], key, 160))
+    finally:
+        stop.set()
+        watcher.join()
     assert statuses.count(200) == 64, statuses.count(200)
     assert statuses.count(429) == 96
+    assert peak[0] == 64  # never more in flight than the one global limit
 
 
 def test_two_replicas_share_one_request_bucket(fast_upstream, write_config, gateway) -> None:
