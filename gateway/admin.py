@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from gateway.config import PlanOverrides
-from gateway.errors import AdminAuthFailed, NotFound, RedisUnavailable
+from gateway.errors import AdminAuthFailed, AdminDisabled, NotFound, RedisUnavailable
 from gateway.metering import recent_events, tenant_usage
 from gateway.runtime import Runtime, runtime
 
@@ -40,9 +40,7 @@ def admin_runtime(request: Request) -> Runtime:
     rt = runtime(request)
     token = rt.settings.admin_token
     if token is None:
-        err = AdminAuthFailed("The admin API is disabled: SERVELAB_ADMIN_TOKEN is not set.")
-        err.status = 503
-        raise err
+        raise AdminDisabled("The admin API is disabled: SERVELAB_ADMIN_TOKEN is not set.")
     header = request.headers.get("authorization", "")
     given = header[7:] if header.lower().startswith("bearer ") else ""
     if not secrets.compare_digest(given.encode(), token.get_secret_value().encode()):

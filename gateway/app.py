@@ -30,7 +30,14 @@ from starlette.types import Receive, Scope, Send
 from gateway import admin, api, broadcast
 from gateway.auth import REVOKED_CHANNEL, KeyStore
 from gateway.config import GatewayConfig, load_config
-from gateway.errors import GatewayError, InvalidRequest, UnprocessableRequest, error_response
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    UnprocessableRequest,
+    error_response,
+)
 from gateway.liveplans import CONFIG_CHANNEL
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import new_session
@@ -174,9 +181,12 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        err = InvalidRequest(str(exc.detail), code="not_found" if exc.status_code == 404 else None)
-        err.status = exc.status_code
-        return error_response(err)
+        path = request.url.path
+        if exc.status_code == 404:
+            return error_response(NotFound(f"No route {request.method} {path}."))
+        if exc.status_code == 405:
+            return error_response(MethodNotAllowed(f"Method {request.method} is not allowed on {path}."))
+        return error_response(InvalidRequest(str(exc.detail)))
 
     app.add_route("/v1/models", api.list_models, methods=["GET"])
     app.add_route("/v1/usage", api.usage, methods=["GET"])

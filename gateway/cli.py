@@ -73,6 +73,7 @@ def run_gateway(
         http="httptools",
         access_log=False,
         proxy_headers=False,  # bound to 127.0.0.1 or behind a known proxy: skip the per-request rewrite
+        server_header=False,
         log_level="warning",
         timeout_graceful_shutdown=5,
     )

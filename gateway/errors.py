@@ -5,12 +5,15 @@
     │   └── UnprocessableRequest      422     invalid_request_error    invalid_value
     ├── AuthenticationFailed          401     invalid_request_error    invalid_api_key
     ├── AdminAuthFailed               401     invalid_request_error    invalid_admin_token
+    ├── AdminDisabled                 503     invalid_request_error    admin_disabled
     ├── ModelNotAllowed               403     invalid_request_error    model_not_allowed
     ├── NotFound                      404     invalid_request_error    not_found
     │   └── ModelNotFound             404     invalid_request_error    model_not_found
+    ├── MethodNotAllowed              405     invalid_request_error    method_not_allowed
     ├── BodyTooLarge                  413     invalid_request_error    request_too_large
     ├── RateLimited                   429     requests | tokens        rate_limit_exceeded
     │   └── QuotaExhausted            429     insufficient_quota       insufficient_quota
+    ├── BackendRejected               4xx     invalid_request_error    upstream_rejected (backend's status)
     ├── BackendError                  502     upstream_error           bad_gateway
     ├── BackendUnavailable            503     upstream_error           backend_unavailable
     ├── BackendTimeout                504     upstream_error           backend_timeout
@@ -80,6 +83,18 @@ class AdminAuthFailed(GatewayError):
     code = "invalid_admin_token"
 
 
+class AdminDisabled(GatewayError):
+    status = 503
+    type = "invalid_request_error"
+    code = "admin_disabled"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
 class ModelNotAllowed(GatewayError):
     status = 403
     type = "invalid_request_error"
@@ -118,6 +133,17 @@ class QuotaExhausted(RateLimited):
 
     def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message, limit="insufficient_quota", headers=headers)
+
+
+class BackendRejected(GatewayError):
+    """The backend refused the request itself: its 4xx status and message are passed through."""
+
+    type = "invalid_request_error"
+    code = "upstream_rejected"
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class BackendError(GatewayError):

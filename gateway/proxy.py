@@ -23,11 +23,12 @@ import aiohttp
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.errors import BackendError, BackendTimeout, BackendUnavailable, GatewayError
+from gateway.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable, GatewayError
 from gateway.ratelimit import Usage
 from gateway.routing import Backend, BackendPool
 
-# RFC 9110 7.6.1 hop-by-hop headers, plus those the gateway recomputes itself.
+# RFC 9110 7.6.1 hop-by-hop headers, plus those the gateway's own server sets. Content-Encoding
+# passes: bodies are relayed as received (no Accept-Encoding is sent, so backends do not compress).
 _DROP = frozenset(
     {
         "connection",
@@ -39,7 +40,6 @@ _DROP = frozenset(
         "transfer-encoding",
         "upgrade",
         "content-length",
-        "content-encoding",
         "date",
         "server",
     }
@@ -59,7 +59,8 @@ def forwardable_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
 def new_session(*, connect_timeout_s: float, read_timeout_s: float) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=read_timeout_s)
-    # aiohttp over httpx: measured 4-5x cheaper per request as the upstream client.
+    # aiohttp rather than httpx: the measurement on this kind of machine found its client
+    # 4-5x cheaper per request as a proxy's upstream client.
     return aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,
@@ -136,9 +137,7 @@ def upstream_status_error(
     except (ValueError, KeyError, TypeError):
         message = detail[:200].decode(errors="replace")
     if status < 500:
-        err = GatewayError(f"Backend rejected the request: {message}", code="upstream_rejected")
-        err.status, err.type = status, "invalid_request_error"
-        return err
+        return BackendRejected(f"Backend rejected the request: {message}", status=status)
     on_error(backend, f"http_{status}")
     if status == 503:
         return BackendUnavailable(f"Backend for model {model!r} is unavailable (503): {message}")

@@ -110,3 +110,21 @@ def test_admin_api_needs_the_admin_token(fast_upstream, write_config, gateway) -
         assert admin.delete("/admin/v1/keys/key_nope").status_code == 404
         r = admin.post("/admin/v1/tenants/acme/keys", json={"name": 5})
         assert r.status_code == 422 and r.json()["error"]["param"] == "name"
+
+
+def test_unknown_routes_and_methods_get_openai_errors(fast_upstream, write_config, gateway) -> None:
+    gw = gateway(write_config([fast_upstream()], {"acme": plan()}))
+    r = httpx.get(f"{gw.url}/v1/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = httpx.delete(f"{gw.url}/v1/models")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_backend_4xx_passes_through_unmetered(fast_upstream, write_config, gateway) -> None:
+    gw = gateway(write_config([fast_upstream()], {"acme": plan()}))
+    client = gw.client(gw.new_key("acme"))
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="fast", messages=MSG, extra_body={"x_fail": 400})
+    check(info.value, 400, "upstream_rejected")
+    assert "injected failure 400" in info.value.body["message"]
+    assert gw.usage("acme")["totals"]["requests"] == 0
