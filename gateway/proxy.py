@@ -221,7 +221,11 @@ class StreamProxy(Response):
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             buf = b""
             async for data in resp.content.iter_any():
+                # SSE lines may end in CRLF (sse-starlette does); LF is equally valid SSE and
+                # lets one splitter serve both.
                 buf += data
+                if b"\r" in buf:
+                    buf = buf.replace(b"\r\n", b"\n")
                 # Everything that arrived in one read goes to the client in one write: same
                 # bytes, same order, fewer syscalls when the backend is faster than the client.
                 batch: list[bytes] = []
