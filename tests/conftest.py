@@ -68,3 +68,20 @@ def fast_upstream(spawn: Callable[..., Child]) -> Callable[..., str]:
         return f"http://127.0.0.1:{port}"
 
     return _start
+
+
+@pytest.fixture
+def sim_server(spawn: Callable[..., Child]) -> Callable[..., str]:
+    """Start `servelab serve --engine sim` (Mixtral-8x7B, 2x H100, bf16) on a free port; return its URL."""
+
+    def _start(*extra_args: str, model: str = "mixtral-8x7b", gpu: str = "h100", tp: int = 2) -> str:
+        port = free_port()
+        argv = python_module(
+            "servelab.cli", "serve", "--engine", "sim", "--model", model, "--gpu", gpu, "--tp", str(tp),
+            "--dtype", "bf16", "--host", "127.0.0.1", "--port", str(port), *extra_args,
+        )  # fmt: skip
+        child = spawn(f"sim-{port}", argv)
+        wait_http_ok(f"http://127.0.0.1:{port}/health", timeout_s=60, proc=child.popen)
+        return f"http://127.0.0.1:{port}"
+
+    return _start

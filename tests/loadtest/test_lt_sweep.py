@@ -18,7 +18,6 @@ from loadtest import report
 from loadtest.runner import Plan, execute
 from loadtest.stats import Slo
 from loadtest.workloads import LengthDist, WorkloadSpec
-from servelab.procs import Child, free_port, python_module, wait_http_ok
 
 RATES = [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
 STEP_S = 4.0
@@ -28,34 +27,9 @@ SPEEDUP = 0.5
 
 @pytest.mark.slow
 def test_sweep_knee_within_20_percent_of_offline_simulator(
-    spawn: Callable[..., Child], tmp_path: Path
+    sim_server: Callable[..., str], tmp_path: Path
 ) -> None:
-    port = free_port()
-    child = spawn(
-        "sim",
-        python_module(
-            "servelab.cli",
-            "serve",
-            "--engine",
-            "sim",
-            "--model",
-            "mixtral-8x7b",
-            "--gpu",
-            "h100",
-            "--tp",
-            "2",
-            "--dtype",
-            "bf16",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--speedup",
-            str(SPEEDUP),
-        ),
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_http_ok(f"{base}/health", timeout_s=60, proc=child.popen)
+    base = sim_server("--speedup", str(SPEEDUP))
     wl = WorkloadSpec(input=LengthDist("fixed", 4096), output=LengthDist("fixed", 16), n=32)
     plan = Plan(
         scenario="sweep",
