@@ -250,7 +250,7 @@ async def _completions(
     t_up = time.perf_counter()
     try:
         call = await open_upstream(
-            rt.session,
+            rt.upstream,
             rt.pool,
             preq.model,
             path,
@@ -288,7 +288,7 @@ async def _completions(
     overhead = pre_overhead + (end - t_back)
     rt.metrics.overhead_seconds.observe(overhead)
     rt.metrics.child(rt.metrics.e2e_seconds, preq.model).observe(end - t0)
-    out_headers.update(forwardable_headers(call.response.headers.items()))
+    out_headers.update(forwardable_headers(call.response.headers))
     out_headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
     return Response(data, status_code=200, headers=out_headers)
 
@@ -320,7 +320,7 @@ def _stream(
                     (end - first_token_at) / (usage.completion_tokens - 1)
                 )
 
-    out = forwardable_headers(call.response.headers.items())
+    out = forwardable_headers(call.response.headers)
     out.update(headers)
     out.setdefault("cache-control", "no-cache")
     return StreamProxy(

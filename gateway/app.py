@@ -46,6 +46,7 @@ from gateway.routing import BackendPool
 from gateway.runtime import Runtime, runtime
 from gateway.scriptconn import ScriptConnection
 from gateway.settings import GatewaySettings
+from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("gateway")
 
@@ -113,6 +114,10 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
             connect_timeout_s=settings.upstream_connect_timeout_s,
             read_timeout_s=settings.upstream_read_timeout_s,
         )
+        upstream = UpstreamClient(
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            read_timeout_s=settings.upstream_read_timeout_s,
+        )
         pool = BackendPool(
             {name: m.backends for name, m in cfg.models.items()}, down_s=settings.backend_down_s
         )
@@ -123,6 +128,7 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
             limiter=limiter,
             keys=keys,
             session=session,
+            upstream=upstream,
             pool=pool,
             metrics=metrics,
         )
@@ -155,6 +161,7 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
             await session.close()
+            await upstream.close()
             await scripts.close()
             await subscriber.aclose()
             await redis.aclose(close_connection_pool=True)

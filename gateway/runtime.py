@@ -22,6 +22,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import Limiter
 from gateway.routing import BackendPool
 from gateway.settings import GatewaySettings
+from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("gateway.redis")
 
@@ -34,6 +35,7 @@ class Runtime:
     limiter: Limiter
     keys: KeyStore
     session: aiohttp.ClientSession
+    upstream: UpstreamClient
     pool: BackendPool
     metrics: GatewayMetrics
     redis_ok: bool = field(default=True)
