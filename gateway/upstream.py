@@ -18,6 +18,7 @@ how a client disconnect reaches the backend.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -218,16 +219,20 @@ class UpstreamClient:
         self._connect_timeout = connect_timeout_s
         self._read_timeout = read_timeout_s
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
-        self._targets: dict[str, tuple[str, int, bytes]] = {}
+        self._targets: dict[str, tuple[str, int, bytes, ssl.SSLContext | None]] = {}
+        self._tls: ssl.SSLContext | None = None
 
-    def _target(self, base_url: str) -> tuple[str, int, bytes]:
+    def _target(self, base_url: str) -> tuple[str, int, bytes, ssl.SSLContext | None]:
         t = self._targets.get(base_url)
         if t is None:
             u = urlsplit(base_url)
-            if u.scheme != "http":
-                raise UpstreamError("connect", f"only http:// backends are supported, got {base_url}")
-            host, port = u.hostname or "127.0.0.1", u.port or 80
-            t = self._targets[base_url] = (host, port, f"{host}:{port}".encode())
+            if u.scheme not in ("http", "https"):
+                raise UpstreamError("connect", f"unsupported backend URL scheme: {base_url}")
+            tls = None
+            if u.scheme == "https":
+                tls = self._tls = self._tls or ssl.create_default_context()
+            host, port = u.hostname or "127.0.0.1", u.port or (443 if tls else 80)
+            t = self._targets[base_url] = (host, port, f"{host}:{port}".encode(), tls)
         return t
 
     def _put(self, key: tuple[str, int], conn: _Connection) -> None:
@@ -237,11 +242,11 @@ class UpstreamClient:
         else:
             conn.abort()
 
-    async def _connect(self, host: str, port: int) -> _Connection:
+    async def _connect(self, host: str, port: int, tls: ssl.SSLContext | None) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(self._read_timeout), host, port),
+                loop.create_connection(lambda: _Connection(self._read_timeout), host, port, ssl=tls),
                 self._connect_timeout,
             )
         except TimeoutError:
@@ -253,7 +258,7 @@ class UpstreamClient:
         return conn
 
     async def post(self, base_url: str, path: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
-        host, port, host_header = self._target(base_url)
+        host, port, host_header, tls = self._target(base_url)
         key = (host, port)
         extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         head = (
@@ -277,7 +282,7 @@ class UpstreamClient:
                     conn, reused = candidate, True
                     break
             if conn is None:
-                conn = await self._connect(host, port)
+                conn = await self._connect(host, port, tls)
             conn.send(head + body)
             try:
                 await conn.wait_headers()
