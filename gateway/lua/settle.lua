@@ -44,10 +44,12 @@ local counted = 0
 local charge = 0
 
 if served then
-  -- A retried or replayed request id is metered once: the first settle wins.
+  -- A retried or replayed request id is metered (usage, cost, event) once: the first settle
+  -- wins. The limits still see every generation: a replay did use the backend, and a client
+  -- must not get free capacity by reusing an id.
+  charge = prompt + completion
   if redis.call('SET', KEYS[4], '1', 'NX', 'EX', tonumber(ARGV[14])) then
     counted = 1
-    charge = prompt + completion
   else
     counted = -1
   end

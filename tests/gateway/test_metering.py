@@ -103,8 +103,10 @@ def test_a_request_id_is_metered_once(fast_upstream, write_config, gateway) -> N
         model="fast", messages=[{"role": "user", "content": "x"}]
     )
     assert raw.headers["x-request-id"].startswith("req_")
-    totals = gw.usage("acme")["totals"]
-    assert totals["requests"] == 2 and totals["completion_tokens"] == 10
+    report = gw.usage("acme")
+    assert report["totals"]["requests"] == 2 and report["totals"]["completion_tokens"] == 10
+    # the limits saw all four generations (1 prompt token + 5 each): replays get no free capacity
+    assert report["quota"]["tokens_used"] == 4 * 6
 
 
 def test_cost_is_integer_micro_dollars(fast_upstream, write_config, gateway) -> None:
