@@ -309,6 +309,8 @@ def _stream(
             queue.release()
         if client_gone:
             rt.metrics.disconnects.labels(tenant).inc()
+        elif not complete:  # the backend broke or went silent mid-stream
+            rt.metrics.backend_errors.labels(call.backend.url, "stream").inc()
         status = 200 if complete else (499 if client_gone else 502)
         await settle(rt, adm, tenant, preq.model, usage, status)
         end = time.perf_counter()

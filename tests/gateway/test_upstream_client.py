@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import redis
 from gwkit import plan
 
@@ -43,3 +44,5 @@ def test_silent_backend_mid_stream_ends_the_stream_and_meters_what_came(
         ((_, event),) = r.xrange("events:{acme}")
         assert event[b"status"] == b"502" and event[b"completion_tokens"] == b"1"
         assert r.zcard("lease:{acme}") == 0
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert f'servelab_gateway_backend_errors_total{{backend="{up}",kind="stream"}} 1.0' in metrics
