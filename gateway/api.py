@@ -2,9 +2,10 @@
 
 A completion request goes: read body (413 over the limit) -> key -> tenant (cached; 401) ->
 validate the few fields the gateway reads (400/422) -> model allowed? (404/403) -> admit.lua
-(one round trip; 429) -> backend (502/503/504) -> settle.lua (one round trip) -> response.
-These routes are plain Starlette endpoints: FastAPI's pydantic body parsing would cost more
-than the rest of the gateway's work on a small request.
+(one round trip; 429) -> fair queue if the model is saturated -> backend (502/503/504) ->
+settle.lua (one round trip) -> response. The two completion routes are raw ASGI handlers that
+app.py dispatches to before FastAPI (its middleware stack and pydantic body parsing cost more
+than the gateway's own work on a small request); models and usage are plain Starlette endpoints.
 """
 
 from __future__ import annotations
