@@ -348,6 +348,18 @@ def main() -> None:
         rs.stop()
 
 
+def _commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def summary(results: list[RunResult]) -> list[str]:
     """The issue's targets next to what this run measured."""
 
@@ -407,7 +419,7 @@ def report(results: list[RunResult], args: argparse.Namespace, measured_at: floa
     lines = [
         "# Gateway overhead",
         "",
-        f"Measured {when} on {platform.node()} "
+        f"Measured {when} at commit {_commit()} on {platform.node()} "
         f"({os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}), with:",
         "",
         "    .venv/bin/python -m loadtest.bench.gateway_overhead "
