@@ -2,7 +2,8 @@
 --
 -- Checks, in order, the concurrency lease, the request bucket (rpm), the token bucket (tpm) and
 -- the monthly quota; if all pass it takes one request token, reserves `reserve` tokens from the
--- token bucket and the quota, and adds a lease. If any fails it writes nothing.
+-- token bucket and the quota, and adds a lease. If any fails it changes nothing (expired
+-- leases are purged either way).
 --
 -- KEYS[1]  rl:{tenant}:req    hash {t = tokens (float), ts = last update, ms}   request bucket
 -- KEYS[2]  rl:{tenant}:tok    hash {t, ts}                                       token bucket
