@@ -7,35 +7,10 @@ import time
 import pytest
 from gwkit import plan
 
-from servelab.procs import free_port, python_module, wait_http_ok
-
 
 @pytest.fixture
-def sim(spawn) -> str:
-    port = free_port()
-    argv = python_module(
-        "servelab.cli",
-        "serve",
-        "--engine",
-        "sim",
-        "--model",
-        "mixtral-8x7b",
-        "--gpu",
-        "h100",
-        "--tp",
-        "2",
-        "--dtype",
-        "bf16",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--served-model-name",
-        "fast",
-    )
-    child = spawn(f"sim-{port}", argv)
-    wait_http_ok(f"http://127.0.0.1:{port}/health", timeout_s=60, proc=child.popen)
-    return f"http://127.0.0.1:{port}"
+def sim(sim_server) -> str:
+    return sim_server("--served-model-name", "fast")
 
 
 def test_running_usage_is_stripped_and_meters_a_disconnect_exactly(sim, write_config, gateway) -> None:
