@@ -39,7 +39,7 @@ from gateway.errors import (
     rejection,
 )
 from gateway.fairness import FairQueue, QueueFull
-from gateway.metering import tenant_usage
+from gateway.metering import micro_to_usd, tenant_usage
 from gateway.proxy import StreamProxy, UpstreamCall, forwardable_headers, open_upstream, read_json
 from gateway.ratelimit import Decision, Usage, cost_micro_usd
 from gateway.runtime import Runtime, runtime
@@ -143,7 +143,7 @@ async def settle(
         else 0
     )
     try:
-        await rt.limiter.settle(
+        settled = await rt.limiter.settle(
             tenant=tenant,
             plan=adm.plan,
             lease_id=adm.lease_id,
@@ -168,6 +168,11 @@ async def settle(
             usage.prompt_tokens if usage else 0,
             usage.completion_tokens if usage else 0,
         )
+    else:
+        m.child(m.quota_remaining, tenant).set(settled.quota_remaining)
+        if settled.counted == 1:
+            # The same integer settle.lua added to usage:{tenant}, so this agrees with /v1/usage.
+            m.child(m.cost_usd, tenant, model).inc(micro_to_usd(cost))
 
 
 async def _wait_in_queue(
@@ -235,6 +240,7 @@ async def _completions(
     out_headers = {"x-request-id": rid}
     adm: Admitted | None = None
     if decision is not None:
+        rt.metrics.child(rt.metrics.quota_remaining, tenant).set(decision.quota_remaining)
         if not decision.allowed:
             rt.metrics.rate_limited.labels(tenant, decision.limit).inc()
             rt.metrics.requests.labels(tenant, preq.model, "429").inc()

@@ -34,6 +34,23 @@ class GatewayMetrics:
             ["tenant", "model"],
             registry=r,
         )
+        self.cost_usd = Counter(
+            "servelab_gateway_cost_usd_total",
+            "Dollars metered, incremented at settle by exactly the integer micro-dollars that settle.lua "
+            "added to the tenant's usage (so it agrees with /v1/usage and `servelab usage`); a replayed "
+            "request id adds nothing.",
+            ["tenant", "model"],
+            registry=r,
+        )
+        self.quota_remaining = Gauge(
+            "servelab_gateway_quota_remaining_tokens",
+            "Monthly token quota left (tokens_per_month minus used and in-flight reservations) as this "
+            "replica last saw it, at its last admission or settle for the tenant; negative after an "
+            "overrun. Per replica and possibly stale: the authoritative number is in Redis "
+            "(/v1/usage, `servelab usage`).",
+            ["tenant"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "servelab_gateway_rate_limited_total",
             "429 answers by the limit hit.",

@@ -41,6 +41,7 @@ class Decision:
     used: float
     requested: float
     month: str
+    quota_remaining: int  # tokens_per_month - (used + reserved) in `month`, after this decision
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Usage:
 class Settled:
     counted: Literal[1, 0, -1]  # 1 metered, 0 not served, -1 request id already metered
     tokens_level: float
+    quota_remaining: int  # tokens_per_month - (used + reserved) in the reservation's month, after settle
 
 
 def keys(tenant: str) -> dict[str, str]:
@@ -129,6 +131,7 @@ class Limiter:
             used=float(r[8]),
             requested=float(r[9]),
             month=r[10].decode() if isinstance(r[10], bytes) else str(r[10]),
+            quota_remaining=plan.tokens_per_month - int(r[11]),
         )
 
     async def settle(
@@ -178,4 +181,8 @@ class Limiter:
                 tenant,
             ],
         )
-        return Settled(counted=int(r[0]), tokens_level=float(r[1]))  # type: ignore[arg-type]
+        return Settled(
+            counted=int(r[0]),  # type: ignore[arg-type]
+            tokens_level=float(r[1]),
+            quota_remaining=plan.tokens_per_month - int(r[2]),
+        )

@@ -9,9 +9,11 @@ committed files equal this script's output, and that every metric name in every 
 is one the gateway or a backend exports in a live scrape.
 
 The serving view uses vLLM's own metric names, which the simulator exports too, so it works on
-either backend. The platform view uses the gateway's `servelab_gateway_*` metrics. Spend is
-computed from token counters times the prices of the demo config (shown in the panel title),
-because the gateway does not export a cost counter (yet); the usage API is the bill of record.
+either backend. The platform view uses the gateway's `servelab_gateway_*` metrics. Spend comes
+from `servelab_gateway_cost_usd_total`, which each replica increments at settle by exactly the
+micro-dollars settle.lua metered, so it holds for any config's prices; quota left comes from
+`servelab_gateway_quota_remaining_tokens`, each replica's last-seen value (see the quota panel).
+The usage API (`/v1/usage`, `servelab usage`) stays the bill of record.
 """
 
 from __future__ import annotations
@@ -26,9 +28,6 @@ OUT_DIRS = (
     REPO / "k8s" / "components" / "grafana" / "dashboards",
 )
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
-# Prices of gateway/demo.yaml (USD per million tokens); the spend panels say so in their titles.
-INPUT_PRICE_PER_MILLION_USD = 0.70
-OUTPUT_PRICE_PER_MILLION_USD = 0.70
 
 Panel = dict[str, Any]
 
@@ -105,12 +104,6 @@ def _dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> d
 
 def platform() -> dict[str, Any]:
     rate = "[$__rate_interval]"
-    spend = (
-        f"sum by (tenant) (rate(servelab_gateway_prompt_tokens_total{rate})) * 3600 * "
-        f"{INPUT_PRICE_PER_MILLION_USD} / 1e6 + "
-        f"sum by (tenant) (rate(servelab_gateway_completion_tokens_total{rate})) * 3600 * "
-        f"{OUTPUT_PRICE_PER_MILLION_USD} / 1e6"
-    )
     panels = [
         _stat("Requests/s (all tenants)", f"sum(rate(servelab_gateway_requests_total{rate}))", "reqps", 0, 0),
         _stat("429s/s (all limits)", f"sum(rate(servelab_gateway_rate_limited_total{rate}))", "reqps", 6, 0),
@@ -160,29 +153,35 @@ def platform() -> dict[str, Any]:
             12,
         ),
         _timeseries(
-            f"Spend rate by tenant, USD/h (at ${INPUT_PRICE_PER_MILLION_USD}/M prompt, "
-            f"${OUTPUT_PRICE_PER_MILLION_USD}/M completion tokens)",
-            [(spend, "{{tenant}}")],
+            "Spend by tenant, USD/h",
+            [
+                (f"sum by (tenant) (rate(servelab_gateway_cost_usd_total{rate})) * 3600", "{{tenant}} USD/h"),
+            ],
             "currencyUSD",
             0,
             20,
-            description="Token counters times the demo config's prices. The bill of record is /v1/usage "
-            "(metered in Redis per request id, exactly once).",
+            description="Dollars metered per hour, summed over replicas and models: each replica adds "
+            "exactly the micro-dollars settle.lua metered (a replayed request id adds nothing). The bill "
+            "of record is /v1/usage (servelab usage).",
         ),
         _timeseries(
-            "Tokens metered by tenant, last 30 days (quota use)",
+            "Monthly token quota left by tenant",
             [
-                (
-                    "sum by (tenant) (increase(servelab_gateway_prompt_tokens_total[30d]) "
-                    "+ increase(servelab_gateway_completion_tokens_total[30d]))",
-                    "{{tenant}}",
-                ),
+                # Each replica reports the quota left as of its own last admission or settle for the
+                # tenant. Within a month the tenant's net use only grows, so the replica that saw it
+                # last has the lowest value: min is the freshest number, and a lower bound (it may
+                # still count reservations of requests in flight, as the limiter itself does).
+                # max would pick the most stale replica, which could show quota long since spent.
+                # min lags at month rollover or after a plan raise until each replica sees the
+                # tenant again.
+                ("min by (tenant) (servelab_gateway_quota_remaining_tokens)", "{{tenant}}"),
             ],
             "short",
             12,
             20,
-            description="Quota left = the plan's tokens_per_month minus this (calendar month and in-flight "
-            "reservations: see /v1/usage, which is what the limiter enforces).",
+            description="tokens_per_month minus tokens used and reserved this month, the lowest any "
+            "replica last saw. Per-replica last-seen values: the authoritative number is /v1/usage "
+            "(servelab usage), read from Redis.",
         ),
         _timeseries(
             "Gateway end-to-end latency", _quantiles("servelab_gateway_request_duration_seconds"), "s", 0, 28

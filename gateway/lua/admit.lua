@@ -19,7 +19,10 @@
 --
 -- Returns {allowed (1|0), limit ('' | concurrency | requests | tokens | quota),
 --          req_remaining, req_reset_s, tok_remaining, tok_reset_s, retry_after_s,
---          limit_value, used, requested, month}
+--          limit_value, used, requested, month, quota_used}
+-- quota_used (integer tokens) is the month's quota hash value after this call, reservation
+-- included when allowed: the gateway turns it into its quota-remaining gauge without another
+-- round trip.
 -- Fractions come back as strings: Lua numbers are truncated to integers on the way out.
 
 -- Time from Redis, never from a gateway clock: replicas may disagree, Redis is one clock.
@@ -70,7 +73,7 @@ local function fmt(x) return string.format('%.3f', x) end
 local function deny(limit, retry_s, limit_value, used, requested)
   return {0, limit, math.floor(req), fmt((rpm - req) / req_rate / 1000),
           math.floor(tok), fmt((tpm - tok) / tok_rate / 1000), fmt(retry_s),
-          limit_value, fmt(used), fmt(requested), month}
+          limit_value, fmt(used), fmt(requested), month, used_month}
 end
 
 if in_flight >= max_conc then
@@ -104,4 +107,4 @@ redis.call('PEXPIRE', KEYS[4], lease_ms + 1000)
 
 return {1, '', math.floor(req), fmt((rpm - req) / req_rate / 1000),
         math.floor(tok), fmt((tpm - tok) / tok_rate / 1000), '0',
-        0, '0', fmt(reserve), month}
+        0, '0', fmt(reserve), month, used_month + reserve}

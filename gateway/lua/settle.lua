@@ -27,7 +27,10 @@
 -- ARGV[15] approximate max length of the usage stream
 -- ARGV[16] tenant
 --
--- Returns {counted (1 | 0 failed | -1 duplicate request id), token bucket level after}
+-- Returns {counted (1 | 0 failed | -1 duplicate request id), token bucket level after,
+--          quota_used: tokens used + reserved in the reservation's month after this call}
+-- quota_used feeds the gateway's quota-remaining gauge; it comes from the HINCRBY that applies
+-- the refund, or from one HGET when the reservation was exact (no refund to apply).
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -70,8 +73,11 @@ if level ~= nil then
 else
   level = tpm
 end
+local quota_used
 if delta ~= 0 then
-  redis.call('HINCRBY', KEYS[2], ARGV[7], -delta)
+  quota_used = redis.call('HINCRBY', KEYS[2], ARGV[7], -delta)
+else
+  quota_used = tonumber(redis.call('HGET', KEYS[2], ARGV[7]) or '0')
 end
 
 -- Day from Redis time, like the month in admit.lua.
@@ -99,4 +105,4 @@ if counted ~= -1 then
     'cost_micro_usd', counted == 1 and ARGV[9] or 0, 'latency_ms', ARGV[12], 'status', ARGV[13])
 end
 
-return {counted, string.format('%.3f', level)}
+return {counted, string.format('%.3f', level), quota_used}
