@@ -24,6 +24,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy gateway server loadtest servelab
 
 ## Deploy paths (need docker / kind / kubectl; each script checks and says what is missing).
 PRESET ?= mixtral-8x7b-fp8-h100

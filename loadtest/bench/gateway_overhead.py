@@ -72,7 +72,7 @@ def serve_lean(port: int, upstream: str, redis_url: str) -> None:
     state: dict[str, object] = {}
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(app: FastAPI):
         r = Redis(connection_pool=BlockingConnectionPool.from_url(redis_url, max_connections=256))
         state["script"] = r.register_script(LEAN_SCRIPT)
         state["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -247,7 +247,7 @@ def main() -> None:
         serve_lean(int(args.serve_lean[0]), args.serve_lean[1], args.serve_lean[2])
         return
     if args.report_from:
-        results = [RunResult(**x) for x in json.loads(args.report_from.read_text())]
+        results: list[RunResult] = [RunResult(**x) for x in json.loads(args.report_from.read_text())]
         text = report(results, args, args.report_from.stat().st_mtime)
         if args.out:
             args.out.write_text(text)
@@ -302,7 +302,7 @@ def main() -> None:
             f"{gw_url}/admin/v1/tenants/bench/keys", headers={"authorization": f"Bearer {ADMIN}"}, json={}
         ).json()["key"]
         r = redis.Redis.from_url(rs.url)
-        results: list[RunResult] = []
+        results = []
         if args.lean:
             lean_port = free_port()
             lean = start(

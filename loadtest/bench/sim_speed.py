@@ -28,6 +28,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -36,7 +37,7 @@ from servelab.procs import free_port, python_module, start, wait_http_ok
 MODEL_ARGS = ["--model", "mixtral-8x7b", "--gpu", "h100", "--tp", "2", "--dtype", "bf16"]
 
 
-def offline_run(requests: int, rate: str) -> dict[str, object]:
+def offline_run(requests: int, rate: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "sim.json"
         argv = python_module(
@@ -79,7 +80,7 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def realtime_run(streams: int, seconds: float, max_tokens: int) -> dict[str, object]:
+def realtime_run(streams: int, seconds: float, max_tokens: int) -> dict[str, Any]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     argv = python_module("servelab.cli", "serve", "--engine", "sim", *MODEL_ARGS, "--port", str(port),
@@ -111,7 +112,7 @@ def _ms(x: object) -> str:
     return f"{float(x) * 1000:.3f}" if isinstance(x, int | float) else "-"
 
 
-def render(offline: list[dict[str, object]], rt: dict[str, object], load: str) -> str:
+def render(offline: list[dict[str, Any]], rt: dict[str, Any], load: str) -> str:
     lines = [
         "# Simulator speed",
         "",
