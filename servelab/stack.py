@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sys
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -202,7 +201,3 @@ class Stack:
         while self.children:
             child = self.children.pop()
             child.stop()
-
-
-def print_stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
