@@ -226,6 +226,25 @@ class Scheduler:
             return victim, running.index(victim)
         return running[-1], len(running) - 1
 
+    def _preempt_until_fits(self, req: Request, need: int, i: int, out: Schedule) -> tuple[bool, int, int]:
+        """Preempt victims until `need` blocks fit for `req` (= running[i]); shared by both schedulers.
+
+        Returns whether `req` is still running, the tokens handed back by victims that had already
+        been scheduled this step (priority policy only), and `req`'s new index in `running`.
+        """
+        returned = 0
+        while not self.kv.try_allocate(need):
+            victim, vi = self._victim()
+            self.running.pop(vi)
+            if vi < i:
+                returned += out._unschedule(victim)
+                i -= 1
+            self._preempt(victim)
+            out.preempted.append(victim)
+            if victim is req:
+                return False, returned, i
+        return True, returned, i
+
     def schedule(self) -> Schedule:
         cfg = self.config
         kv = self.kv
@@ -243,20 +262,9 @@ class Scheduler:
                 n = budget
             need = -(-(c + n) // bs) - req.num_blocks
             if need > 0 and not kv.try_allocate(need):
-                scheduled = True
-                while not kv.try_allocate(need):
-                    victim, vi = self._victim()
-                    running.pop(vi)
-                    if vi < i:
-                        # Already scheduled this step (priority policy only): un-schedule it.
-                        budget += out._unschedule(victim)
-                        i -= 1
-                    self._preempt(victim)
-                    out.preempted.append(victim)
-                    if victim is req:
-                        scheduled = False
-                        break
-                if not scheduled:
+                fits, returned, i = self._preempt_until_fits(req, need, i, out)
+                budget += returned
+                if not fits:
                     break
             if need > 0:
                 req.num_blocks += need

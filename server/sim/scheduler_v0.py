@@ -67,20 +67,9 @@ class PrefillFirstScheduler(Scheduler):
             req = running[i]
             need = -(-(req.num_computed + 1) // bs) - req.num_blocks
             if need > 0 and not kv.try_allocate(need):
-                scheduled = True
-                while not kv.try_allocate(need):
-                    victim, vi = self._victim()
-                    running.pop(vi)
-                    if vi < i:
-                        out.decodes.remove(victim)
-                        budget += 1
-                        i -= 1
-                    self._preempt(victim)
-                    out.preempted.append(victim)
-                    if victim is req:
-                        scheduled = False
-                        break
-                if not scheduled:
+                fits, returned, i = self._preempt_until_fits(req, need, i, out)
+                budget += returned
+                if not fits:
                     break
             if need > 0:
                 req.num_blocks += need
