@@ -36,8 +36,8 @@ from server.perfmodel import BatchShape, PerfModel
 
 # Seconds the whole engine stops to compile one new (tile, specialisation): both the w1 and the
 # w2 launch of the kernel. Measured on the len32000 sibling of row P4 (same model, engine and
-# prompts, not the row itself): the five isolated stalls there last 1.15, 1.52, 1.11, 1.31 and
-# 1.25 s beyond the step they interrupt; 1.25 s is their median. docs/results/fidelity.md.
+# prompts, not the row itself): its five isolated stalls last 1.25, 1.18, 1.52, 1.08 and 1.32 s
+# beyond the prefill work they contain; 1.25 s is their median. docs/results/fidelity.md.
 VLLM_0_5_MOE_COMPILE_S = 1.25
 
 # Decode batch sizes vLLM 0.5.x captures as CUDA graphs (vllm/worker/model_runner.py,
@@ -46,8 +46,9 @@ CUDA_GRAPH_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, *range(8, 257, 8))
 
 # vLLM's tuned fused-MoE table for E=8, N=7168 (Mixtral-8x7B at TP2) on H100 80GB HBM3, as
 # (BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, GROUP_SIZE_M, num_warps, num_stages) per M key:
-# vllm/model_executor/layers/fused_moe/configs/E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json.
-# Keys with equal tiles share one binary (16/24/32, 48/64, 2/8).
+# vllm/model_executor/layers/fused_moe/configs/E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json,
+# read from a 2025 checkout; the Mixtral tables date from early 2024 and we assume 0.5.4 shipped
+# the same. Keys with equal tiles share one binary (16/24/32, 48/64, 2/8).
 MIXTRAL_TP2_H100_TILES: dict[int, tuple[int, ...]] = {
     1: (16, 64, 128, 64, 4, 4),
     2: (16, 128, 128, 32, 8, 4),
