@@ -105,10 +105,7 @@ class ColdMoeKernels:
     """
 
     inner: PerfModel
-    max_num_batched_tokens: int
     tiles: dict[int, tuple[int, ...]] | None
-    num_experts: int = 8
-    top_k: int = 2
     compile_s: float = VLLM_0_5_MOE_COMPILE_S
     max_num_seqs: int = 256
     compiled: set[Variant] = field(default_factory=set)
@@ -121,15 +118,15 @@ class ColdMoeKernels:
         if not m.is_moe:
             raise ValueError(f"{m.key} is dense: it has no fused-MoE kernels to compile")
         tiles = TUNED_TILES.get((m.num_experts, m.intermediate_size // pm.tp, pm.gpu.key))
-        return cls(pm, pm.max_num_batched_tokens, tiles, m.num_experts, m.top_k, compile_s, max_num_seqs)
+        return cls(pm, tiles, compile_s, max_num_seqs)
 
     def __post_init__(self) -> None:
         warm = [b for b in CUDA_GRAPH_BATCH_SIZES if b <= self.max_num_seqs]
-        warm.append(self.max_num_batched_tokens)  # the memory-profiling prefill
+        warm.append(self.inner.max_num_batched_tokens)  # the memory-profiling prefill
         self.compiled.update(self._variant(m) for m in warm)
 
     def _variant(self, num_tokens: int) -> Variant:
-        return kernel_variant(num_tokens, self.tiles, self.num_experts, self.top_k)
+        return kernel_variant(num_tokens, self.tiles, self.inner.model.num_experts, self.inner.model.top_k)
 
     def step_time_s(self, batch: BatchShape) -> float:
         t = self.inner.step_time_s(batch)
