@@ -119,6 +119,12 @@ def build_engine(settings: SimSettings) -> tuple[Engine, int, dict[str, object]]
         settings.gpu_memory_utilization, settings.block_size, settings.max_num_batched_tokens)
     if settings.num_kv_blocks is not None:
         blocks = settings.num_kv_blocks
+    if settings.cold_start:  # the scenario `servelab scenario cold-start` starts a replica like this
+        from server.perfmodel import PerfModel
+        from server.sim.coldstart import ColdMoeKernels
+
+        assert isinstance(cost, PerfModel)
+        cost = ColdMoeKernels.for_model(cost, max_num_seqs=min(settings.max_num_seqs, 256))
     kv_tokens = blocks * settings.block_size
     max_len = settings.max_model_len or min(catalog.model(settings.model).max_position_embeddings, kv_tokens)
     if not settings.enable_chunked_prefill:
@@ -349,17 +355,21 @@ async def _stream(sim: SimState, req: SimRequest, chat: bool, include_usage: boo
     # hot path, and json.dumps per token would cost more than the engine step itself.
     head = json.dumps({"id": req.req_id, "object": "chat.completion.chunk" if chat else "text_completion",
                        "created": int(time.time()), "model": sim.settings.name}, separators=(",", ":"))[:-1]
+    # Chat streams open with vLLM's role chunk, {"role": "assistant", "content": ""}. vLLM emits it
+    # when the engine hands back the first token (serving_chat.py, `first_iteration`), i.e. after
+    # prefill, never on arrival: `vllm bench serve` stops its TTFT clock at the first SSE message
+    # that has `choices`, so a role chunk sent before prefill would read as a ~4 ms TTFT. Here the
+    # role chunk and the first token leave in one write.
+    role = None
     if chat:
-        first = head + ',"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,' \
-                       '"finish_reason":null}]'
+        role = head + ',"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,' \
+                      '"finish_reason":null}]'
+        role = "data: " + role + (_usage_json(req, 0) if continuous else "") + "}\n\n"
         pre, post = ',"choices":[{"index":0,"delta":{"content":"', '"},"logprobs":null,"finish_reason":'
     else:
-        first = None
         pre, post = ',"choices":[{"index":0,"text":"', '","logprobs":null,"finish_reason":'
     sent = 0
     try:
-        if first is not None:
-            yield "data: " + first + (_usage_json(req, 0) if continuous else "") + "}\n\n"
         while True:
             if req.status == Status.ABORTED:
                 return
@@ -369,7 +379,10 @@ async def _stream(sim: SimState, req: SimRequest, chat: bool, include_usage: boo
                 reason = f'"{req.finish_reason}"' if last else "null"
                 usage = _usage_json(req, sent + 1) if continuous else ""
                 word = WORDS[sent % len(WORDS)]
-                yield "data: " + head + pre + word + post + reason + "}]" + usage + "}\n\n"
+                chunk = "data: " + head + pre + word + post + reason + "}]" + usage + "}\n\n"
+                if role is not None:
+                    chunk, role = role + chunk, None
+                yield chunk
                 sent += 1
             if req.finished:
                 break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from servelab.procs import free_port, wait_http_ok
 from server import catalog
-from server.perfmodel import PerfModel
+from server.perfmodel import BatchShape, PerfModel
 from server.sim.api import create_app
 from server.sim.settings import SimSettings
 
@@ -232,3 +233,66 @@ def test_natural_lengths_ignore_eos_and_priority() -> None:
         forced = c.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=10,
                                            extra_body={"ignore_eos": True})
         assert (forced.usage.completion_tokens, forced.choices[0].finish_reason) == (10, "length")
+
+
+def vllm_bench_ttft(url: str, body: dict) -> tuple[float, list[tuple[float, dict]]]:
+    """TTFT as `vllm bench serve` measures it (vllm/benchmarks/lib/endpoint_request_func.py).
+
+    The clock starts before the POST and stops at the first SSE message, `:` comments and
+    `[DONE]` aside, whose JSON has a non-empty `choices`, whatever its content. Returns that TTFT
+    and every message with the time (since the POST) of the read that delivered it.
+    """
+    start = time.perf_counter()
+    ttft = None
+    messages: list[tuple[float, dict]] = []
+    with httpx.stream("POST", url, json=body, timeout=30) as resp:
+        assert resp.status_code == 200
+        buffer = ""
+        for text in resp.iter_text():
+            arrived = time.perf_counter() - start
+            buffer += text
+            while "\n\n" in buffer:
+                message, buffer = buffer.split("\n\n", 1)
+                message = message.strip()
+                if not message or message.startswith(":"):
+                    continue
+                payload = message.removeprefix("data: ")
+                if payload == "[DONE]":
+                    continue
+                data = json.loads(payload)
+                messages.append((arrived, data))
+                if data.get("choices") and ttft is None:
+                    ttft = arrived
+    assert ttft is not None, "never received a chunk with choices"
+    return ttft, messages
+
+
+def _prefill_real_s(prompt_len: int) -> float:
+    """Modelled prefill of one prompt on the module server (TP2 H100), in real seconds (speedup 5)."""
+    return PerfModel.build(MODEL, "h100", tp=2).step_time_s(BatchShape(((prompt_len, 0),), ())) / 5.0
+
+
+def test_stream_ttft_by_vllm_bench_rule_waits_for_the_first_token(server: ThreadServer) -> None:
+    # A ~6,000-token prompt: its prefill is one engine step of ~30 ms of real time. A role chunk
+    # sent on arrival (before prefill) would stop vLLM's benchmark clock that much too early.
+    messages = [{"role": "user", "content": "word " * 6000}]
+    prefill_s = _prefill_real_s(mistral_chat_count(messages))
+    assert prefill_s > 0.02  # the check below means something only if prefill is visible
+    body = {"model": MODEL, "messages": messages, "max_tokens": 3, "stream": True}
+    ttft, chunks = vllm_bench_ttft(server.url + "/v1/chat/completions", body)
+    first_content = next(t for t, c in chunks if c.get("choices") and c["choices"][0]["delta"].get("content"))
+    assert first_content - ttft < prefill_s / 2  # the role chunk arrives with the first token
+    with_choices = [c for _, c in chunks if c.get("choices")]
+    # vLLM's shape: the role chunk first, then one chunk per token.
+    assert with_choices[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [c["choices"][0]["delta"].get("content") for c in with_choices[1:]] == [" the", " model", " is"]
+    assert ttft >= prefill_s  # and the clock covers prefill
+
+
+def test_completion_stream_ttft_by_vllm_bench_rule(server: ThreadServer) -> None:
+    prompt = "word " * 6000
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 2, "stream": True}
+    ttft, chunks = vllm_bench_ttft(server.url + "/v1/completions", body)
+    text_tokenizer = catalog.tokenizer_for(MODEL).instruct_tokenizer.tokenizer
+    assert ttft >= _prefill_real_s(len(text_tokenizer.encode(prompt, bos=True, eos=False)))
+    assert [c["choices"][0]["text"] for _, c in chunks if c.get("choices")] == [" the", " model"]
