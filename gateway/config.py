@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -46,14 +54,56 @@ class PlanOverrides(_Strict):
     default_max_tokens: PositiveInt | None = None
 
 
+class PromptLogging(_Strict):
+    """Per-tenant opt-in to keep prompts and outputs; off by default (nothing is written)."""
+
+    enabled: bool = Field(default=False, description="Keep prompt and output text (opt-in).")
+    retention_days: float = Field(
+        default=30, gt=0, le=3650, description="Kept text is deleted after this many days."
+    )
+
+
 class Tenant(_Strict):
     plan: str
     models: list[str] | Literal["*"] = Field(default="*", description="Models this tenant may call.")
     overrides: PlanOverrides = Field(default_factory=PlanOverrides)
+    regions: list[str] | Literal["*"] = Field(
+        default="*",
+        description="Regions (keys of the top-level `regions`) whose backends may serve this tenant.",
+    )
+    versions: dict[str, str] = Field(
+        default_factory=dict, description="Pins: model alias -> version this tenant always gets."
+    )
+    prompt_logging: PromptLogging = Field(default_factory=PromptLogging)
+
+
+def _backend_urls(value: list[str]) -> list[str]:
+    for url in value:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"backend URL must start with http:// or https://, got {url!r}")
+    return [url.rstrip("/") for url in value]
+
+
+class ModelVersion(_Strict):
+    """One version behind a model alias: its own backends, its share of traffic, its upstream id."""
+
+    backends: list[str] = Field(min_length=1, description="Base URLs serving this version.")
+    weight: float = Field(
+        default=0, ge=0, description="Share of the alias's traffic (relative to the other versions)."
+    )
+    upstream_model: str | None = Field(default=None, description="Model id sent upstream for this version.")
+
+    @field_validator("backends")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        return _backend_urls(value)
 
 
 class Model(_Strict):
-    backends: list[str] = Field(min_length=1, description="Base URLs of OpenAI-compatible servers.")
+    backends: list[str] = Field(
+        min_length=1,
+        description="Base URLs of OpenAI-compatible servers (with `versions`: all of theirs, filled in).",
+    )
     upstream_model: str | None = Field(default=None, description="Model id sent upstream (default: same).")
     input_price_per_million_usd: float = Field(default=0.0, ge=0)
     output_price_per_million_usd: float = Field(default=0.0, ge=0)
@@ -65,19 +115,73 @@ class Model(_Strict):
         default=False, description="Backend is vLLM-like and supports stream_options.continuous_usage_stats."
     )
 
+    versions: dict[str, ModelVersion] | None = Field(
+        default=None,
+        description="Versions behind this alias with weights (e.g. 90/10); None: one version, 'default'.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backends_from_versions(cls, data: Any) -> Any:
+        # With versions, `backends` is the union of theirs, so routing, readiness and the fair
+        # queue (which read `backends`) see every URL without knowing about versions.
+        if isinstance(data, dict) and isinstance(data.get("versions"), dict):
+            urls: list[str] = []
+            for version in data["versions"].values():
+                listed = version.get("backends") if isinstance(version, dict) else None
+                for url in listed if isinstance(listed, list) else []:
+                    if isinstance(url, str) and url.rstrip("/") not in urls:
+                        urls.append(url.rstrip("/"))
+            given = data.get("backends")
+            if given is not None and sorted(str(u).rstrip("/") for u in given) != sorted(urls):
+                raise ValueError("give either backends or versions (a version lists its own backends)")
+            data = {**data, "backends": urls}
+        return data
+
     @field_validator("backends")
     @classmethod
     def _urls(cls, value: list[str]) -> list[str]:
-        for url in value:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"backend URL must start with http:// or https://, got {url!r}")
-        return [url.rstrip("/") for url in value]
+        return _backend_urls(value)
+
+    @field_validator("versions")
+    @classmethod
+    def _weights(cls, value: dict[str, ModelVersion] | None) -> dict[str, ModelVersion] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("versions must name at least one version")
+            if sum(v.weight for v in value.values()) <= 0:
+                raise ValueError("at least one version needs a weight above 0")
+        return value
+
+    def version_table(self) -> dict[str, ModelVersion]:
+        """The versions behind this alias; a model without `versions` has one, named 'default'."""
+        if self.versions is not None:
+            return dict(self.versions)
+        return {
+            "default": ModelVersion(backends=list(self.backends), weight=100, upstream_model=self.upstream_model)
+        }
 
 
 class GatewayConfig(_Strict):
     plans: dict[str, Plan] = Field(min_length=1)
     tenants: dict[str, Tenant] = Field(min_length=1)
     models: dict[str, Model] = Field(min_length=1)
+    regions: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Region name -> backend URLs located there. A backend in no region serves only "
+        "tenants whose `regions` is '*'.",
+    )
+
+    @field_validator("regions")
+    @classmethod
+    def _region_urls(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {name: [u.rstrip("/") for u in urls] for name, urls in value.items()}
+
+    def region_of(self, url: str) -> str | None:
+        for name, urls in self.regions.items():
+            if url in urls:
+                return name
+        return None
 
     def effective_plan(self, tenant: str) -> EffectivePlan:
         t = self.tenants[tenant]
@@ -118,7 +222,31 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 def _cross_check(cfg: GatewayConfig) -> list[str]:
     problems: list[str] = []
+    placed: dict[str, str] = {}
+    backends = {u for m in cfg.models.values() for u in m.backends}
+    for region, urls in cfg.regions.items():
+        for i, url in enumerate(urls):
+            if url not in backends:
+                problems.append(f"regions.{region}.{i}: {url!r} is not a backend of any model")
+            elif url in placed and placed[url] != region:
+                problems.append(f"regions.{region}.{i}: {url!r} is already in region {placed[url]!r}")
+            placed[url] = region
     for name, tenant in cfg.tenants.items():
+        if tenant.regions != "*":
+            for i, region in enumerate(tenant.regions):
+                if region not in cfg.regions:
+                    known = ", ".join(cfg.regions) or "none configured"
+                    problems.append(f"tenants.{name}.regions.{i}: unknown region {region!r} (known: {known})")
+        for model, version in tenant.versions.items():
+            if model not in cfg.models:
+                problems.append(
+                    f"tenants.{name}.versions.{model}: unknown model {model!r} (known: {', '.join(cfg.models)})"
+                )
+            elif version not in cfg.models[model].version_table():
+                known = ", ".join(cfg.models[model].version_table())
+                problems.append(
+                    f"tenants.{name}.versions.{model}: unknown version {version!r} (known: {known})"
+                )
         if tenant.plan not in cfg.plans:
             problems.append(
                 f"tenants.{name}.plan: unknown plan {tenant.plan!r} (known: {', '.join(cfg.plans)})"

@@ -16,6 +16,7 @@
     ├── BackendRejected               4xx     invalid_request_error    upstream_rejected (backend's status)
     ├── BackendError                  502     upstream_error           bad_gateway
     ├── BackendUnavailable            503     upstream_error           backend_unavailable
+    │   └── NoBackendInRegion         503     upstream_error           no_backend_in_region
     ├── BackendTimeout                504     upstream_error           backend_timeout
     └── RedisUnavailable              503     service_unavailable      redis_unavailable
 
@@ -156,6 +157,12 @@ class BackendUnavailable(GatewayError):
     status = 503
     type = "upstream_error"
     code = "backend_unavailable"
+
+
+class NoBackendInRegion(BackendUnavailable):
+    """Data residency: no healthy backend in the tenant's regions, and none elsewhere is tried."""
+
+    code = "no_backend_in_region"
 
 
 class BackendTimeout(GatewayError):
