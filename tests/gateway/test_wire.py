@@ -1,14 +1,20 @@
-"""The request fields the gateway reads, and the hop-by-hop header filter (pure functions)."""
+"""The request fields the gateway reads, and the hop-by-hop header filter (pure functions).
+
+The fuzz tests (hypothesis) hold parse_request to its contract: any bytes give a request or a
+4xx GatewayError, never another exception (which the raw route would turn into a 500).
+"""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from gateway.errors import InvalidRequest, UnprocessableRequest
+from gateway.errors import GatewayError, InvalidRequest, UnprocessableRequest
 from gateway.proxy import forwardable_headers
-from gateway.wire import parse_request
+from gateway.wire import MAX_JSON_DEPTH, MAX_TOKENS_LIMIT, parse_request
 
 
 def chat(**kw: object) -> bytes:
@@ -76,3 +82,124 @@ def test_hop_by_hop_headers_are_dropped() -> None:
         ]
     )
     assert out == {"content-type": "application/json", "x-upstream": "a"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "chat_route", "status", "code", "param"),
+    [
+        (b"[" * 1000 + b"]" * 1000, True, 400, "invalid_json", None),
+        (
+            b'{"model":"m","prompt":"x","t":' + b'{"a":' * 1000 + b"1" + b"}" * 1001,
+            False,
+            400,
+            "invalid_json",
+            None,
+        ),
+        (
+            b'{"model":"m","prompt":"x","t":' + b"[" * 129 + b"]" * 129 + b"}",
+            False,
+            400,
+            "invalid_json",
+            None,
+        ),
+        (b'{"model":"m","prompt":"a\\ud800"}', False, 400, "invalid_unicode", "prompt"),
+        (b'{"model":"m","prompt":["ok","\\udc00"]}', False, 400, "invalid_unicode", "prompt.1"),
+        (
+            b'{"model":"m","messages":[{"role":"u","content":"\\ud83d"}]}',
+            True,
+            400,
+            "invalid_unicode",
+            "messages.0.content",
+        ),
+        (
+            b'{"model":"m","messages":[{"role":"u","content":[{"text":"\\udfff"}]}]}',
+            True,
+            400,
+            "invalid_unicode",
+            "messages.0.content.0.text",
+        ),
+        (
+            b'{"model":"m","messages":[{"role":"u","content":[7]}]}',
+            True,
+            422,
+            "invalid_value",
+            "messages.0.content.0",
+        ),
+        (b'{"model":"m","prompt":"x","max_tokens":1e400}', False, 422, "invalid_value", "max_tokens"),
+        (b'{"model":"m","prompt":"x","max_tokens":NaN}', False, 422, "invalid_value", "max_tokens"),
+        (b'{"model":"m","prompt":"x","max_tokens":2147483648}', False, 422, "invalid_value", "max_tokens"),
+        (b'{"model":"m","prompt":"x","max_tokens":' + b"9" * 5000 + b"}", False, 400, "invalid_json", None),
+        (b'{"model":"m","prompt":[true]}', False, 422, "invalid_value", "prompt"),
+        (b'{"model":"m","prompt":[[1,-1]]}', False, 422, "invalid_value", "prompt"),
+        (b'{"model":"m","prompt":[2147483648]}', False, 422, "invalid_value", "prompt"),
+    ],
+)
+def test_hostile_bodies_get_a_4xx_naming_the_problem(
+    raw: bytes, chat_route: bool, status: int, code: str, param: str | None
+) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_request(raw, chat=chat_route)
+    assert (info.value.status, info.value.code, info.value.param) == (status, code, param)
+
+
+def test_nesting_up_to_the_limit_is_accepted_and_passed_through() -> None:
+    deep = json.loads("[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1))
+    r = parse_request(chat(response_format=deep), chat=True)
+    assert r.body["response_format"] == deep
+    json.dumps(r.body)  # what api.py does when it rewrites the body: must not overflow either
+
+
+def test_astral_characters_count_their_utf8_bytes() -> None:
+    # A correctly paired surrogate escape is one astral character (4 UTF-8 bytes), not an error.
+    assert parse_request(b'{"model":"m","prompt":"\\ud83d\\ude00"}', chat=False).prompt_bytes == 4
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+_field_values = _json | st.sampled_from([[{"role": "user", "content": "x"}], "m", True, 1, 2**40, -1])
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=st.dictionaries(
+        st.sampled_from(
+            [
+                "model",
+                "messages",
+                "prompt",
+                "stream",
+                "stream_options",
+                "max_tokens",
+                "max_completion_tokens",
+                "n",
+                "x",
+            ]
+        ),
+        _field_values,
+    ),
+    chat_route=st.booleans(),
+)
+def test_fuzz_any_json_object_is_parsed_or_refused_with_a_4xx(
+    body: dict[str, object], chat_route: bool
+) -> None:
+    """Whatever the JSON, parse_request returns a request or raises a 4xx GatewayError: nothing else."""
+    raw = json.dumps(body).encode()
+    try:
+        r = parse_request(raw, chat=chat_route)
+    except GatewayError as exc:
+        assert 400 <= exc.status < 500 and exc.message
+        return
+    assert r.prompt_bytes >= 0 and r.model == body["model"]
+    assert r.max_tokens is None or 1 <= r.max_tokens <= MAX_TOKENS_LIMIT
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(raw=st.binary(max_size=200) | st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_fuzz_arbitrary_bytes_never_escape_as_other_errors(raw: bytes) -> None:
+    try:
+        parse_request(raw, chat=True)
+    except GatewayError as exc:
+        assert 400 <= exc.status < 500
