@@ -1,0 +1,162 @@
+"""The fair queue as the gateway uses it: gateway/fairness.py's policy behind asyncio futures.
+
+At most `capacity` requests of a model are in flight from this replica (the caller can lower the
+free slots it reports with what the backends say, see gateway/saturation.py); beyond that a request
+waits here until the policy picks it. The policy decides, this class only parks and wakes waiters:
+a slot freed by `release` goes to `FairPolicy.next()`, so the order is strict tier, then lowest
+virtual token counter. A waiter whose queue time passes gets `QueueTimeout`; a cancelled waiter
+(client gone) leaves the queue uncharged, and one cancelled after being granted a slot gives the
+slot back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.fairness import FairPolicy, Pending, Share, Verdict
+
+
+class QueueFull(Exception):
+    """More requests waiting than the queue holds."""
+
+
+class QueueTimeout(Exception):
+    """The request waited its plan's queue time (or its deadline) without getting a slot."""
+
+
+class Refused(Exception):
+    """Refused at once: the plan is sheddable, or the deadline is shorter than the predicted wait."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.action)
+        self.verdict = verdict
+
+
+@dataclass
+class Ticket:
+    """A granted slot; hand it back to `release` with the usage the backend reported."""
+
+    pending: Pending
+    provisional: float
+    waited_s: float
+
+
+class FairQueue:
+    """At most `capacity` requests in flight; the rest wait in the policy's order."""
+
+    def __init__(
+        self,
+        capacity: int,
+        max_waiting: int = 10_000,
+        *,
+        policy: FairPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.capacity = capacity
+        self.max_waiting = max_waiting
+        self.in_flight = 0
+        self.policy = policy or FairPolicy()
+        self.clock = clock
+        self._futures: dict[int, asyncio.Future[None]] = {}
+        self._seq = 0
+        self._expiry: asyncio.TimerHandle | None = None
+
+    @property
+    def waiting(self) -> int:
+        return self.policy.depth
+
+    def free_slots(self) -> int:
+        return self.capacity - self.in_flight
+
+    async def acquire(
+        self,
+        tenant: str,
+        cost: float,
+        weight: float = 1.0,
+        *,
+        share: Share | None = None,
+        input_estimate: float | None = None,
+        deadline_s: float | None = None,
+    ) -> Ticket:
+        """Return when the request may go to a backend; the caller must `release` the ticket after.
+
+        `cost` is the reservation (legacy callers charge it provisionally); `input_estimate` the
+        prompt estimate charged at dispatch and trued up by `release`.
+        """
+        share = share or Share(weight=weight, max_queue_s=math.inf if deadline_s is None else 1e9)
+        now = self.clock()
+        self._seq += 1
+        pending = Pending(
+            key=str(self._seq), tenant=tenant, share=share, enqueued_s=now,
+            input_estimate=cost if input_estimate is None else input_estimate, deadline_s=deadline_s,
+        )
+        if self.policy.depth >= self.max_waiting:
+            raise QueueFull(f"{self.policy.depth} requests already waiting")
+        verdict = self.policy.offer(pending, now, self.free_slots())
+        if verdict.action == "dispatch":
+            return self._grant(pending, now)
+        if verdict.action != "queue":
+            raise Refused(verdict)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._futures[id(pending)] = fut
+        self._arm_expiry()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            self._futures.pop(id(pending), None)
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release(Ticket(pending, self._provisional(pending), 0.0))  # granted, unused
+            else:
+                self.policy.cancel(pending)
+            raise
+        return Ticket(pending, self._provisional(pending), self.clock() - now)
+
+    def _provisional(self, pending: Pending) -> float:
+        return pending.input_estimate / pending.share.weight
+
+    def _grant(self, pending: Pending, now: float) -> Ticket:
+        self.in_flight += 1
+        return Ticket(pending, self.policy.dispatched(pending, now), 0.0)
+
+    def release(self, ticket: Ticket | None = None, input_tokens: int = 0, output_tokens: int = 0) -> None:
+        """Give the slot back; with a ticket, charge the served tokens (0, 0 for nothing served)."""
+        self.in_flight -= 1
+        if ticket is not None:
+            p = ticket.pending
+            self.policy.finished(p.tenant, p.share, input_tokens, output_tokens, ticket.provisional)
+        self.pump()
+
+    def pump(self) -> None:
+        """Hand free slots to waiters in policy order (also call it when the free slots grow)."""
+        now = self.clock()
+        for expired in self.policy.expire(now):
+            fut = self._futures.pop(id(expired), None)
+            if fut is not None and not fut.done():
+                fut.set_exception(QueueTimeout(f"waited {now - expired.enqueued_s:.1f}s"))
+        while self.free_slots() > 0:
+            nxt = self.policy.next()
+            if nxt is None:
+                break
+            fut = self._futures.pop(id(nxt), None)
+            if fut is None or fut.done():
+                continue
+            self.in_flight += 1
+            self.policy.dispatched(nxt, now)
+            fut.set_result(None)
+
+    def _arm_expiry(self) -> None:
+        """Wake once a second while anything waits, so queue times are enforced without a release."""
+        if self._expiry is not None or not self._futures:
+            return
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            self._expiry = None
+            self.pump()
+            self._arm_expiry()
+
+        self._expiry = loop.call_later(1.0, tick)
