@@ -27,9 +27,9 @@ need_docker() {
 
 need_compose() {
   if command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then
-    COMPOSE=(docker compose)
+    COMPOSE=(docker compose -p servelab)  # -p, not `name:` in compose.yaml: compose v1 rejects that key
   elif command -v docker-compose >/dev/null 2>&1 && docker-compose version 2>/dev/null | grep -q 'v2\.'; then
-    COMPOSE=(docker-compose)
+    COMPOSE=(docker-compose -p servelab)
   else
     missing "Docker Compose v2 ('docker compose version' fails)" \
       "install the compose plugin: https://docs.docker.com/compose/install/linux/"
