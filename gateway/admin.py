@@ -11,7 +11,7 @@ The `servelab tenants|keys|usage` commands are thin clients of these routes.
     POST   /admin/v1/tenants/{tenant}/keys         -> 201 {"key": "sk-...", "key_id", "tenant"} (shown once)
     GET    /admin/v1/tenants/{tenant}/keys         key records (never the key itself)
     DELETE /admin/v1/keys/{key_id}                 revoke; every replica stops accepting it within 1 s
-    GET    /admin/v1/tenants/{tenant}/usage        usage report (?month=YYYY-MM) + recent events
+    GET    /admin/v1/tenants/{tenant}/usage        usage report (?month=YYYY-MM&events=0..1000)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import dataclasses
 import secrets
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
@@ -29,6 +29,8 @@ from gateway.config import PlanOverrides
 from gateway.errors import AdminAuthFailed, AdminDisabled, NotFound, RedisUnavailable
 from gateway.metering import recent_events, tenant_usage
 from gateway.runtime import Runtime, runtime
+
+MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
 
 
 class NewKey(BaseModel):
@@ -111,11 +113,15 @@ def build_router() -> APIRouter:
 
     @router.get("/tenants/{tenant}/usage")
     async def get_usage(
-        tenant: str, month: str | None = None, events: int = 10, rt: Runtime = Depends(admin_runtime)
+        tenant: str,
+        month: str | None = Query(default=None, pattern=MONTH_PATTERN, description="YYYY-MM; default: now."),
+        events: int = Query(default=10, ge=0, le=1000, description="How many recent usage events."),
+        rt: Runtime = Depends(admin_runtime),
     ) -> dict[str, Any]:
         _tenant(rt, tenant)
         report = await tenant_usage(rt.redis, tenant, rt.plan(tenant), month)
-        report["recent_events"] = await recent_events(rt.redis, tenant, max(0, min(events, 1000)))
+        # XREVRANGE COUNT 0 is an error in Redis, not an empty answer: ask only for one or more.
+        report["recent_events"] = await recent_events(rt.redis, tenant, events) if events else []
         return report
 
     return router

@@ -35,6 +35,7 @@ from gateway.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
+    RedisUnavailable,
     UnprocessableRequest,
     error_response,
 )
@@ -72,6 +73,10 @@ class GatewayApp:
 
     The completion routes are the hot path; FastAPI's middleware stack and request objects
     cost more per request than the gateway's own work there (measured: docs/gateway.md).
+    Two checks sit here because they hold for every route: a request with two Authorization
+    headers is refused with 400 before anything reads either (which key would pay is
+    ambiguous, and a proxy in front may have appended one), and the completion routes answer
+    any method but POST with 405 and `Allow: POST` instead of falling through to a 404.
     """
 
     HOT = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -81,10 +86,44 @@ class GatewayApp:
         self.state = fastapi.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in self.HOT and scope["method"] == "POST":
+        if scope["type"] != "http":
+            await self.fastapi(scope, receive, send)
+            return
+        refusal = _refusal(scope, scope["path"] in self.HOT)
+        if refusal is not None:
+            rid = api.request_id(_header(scope, b"x-request-id"))
+            await error_response(refusal, {"x-request-id": rid})(scope, receive, send)
+        elif scope["path"] in self.HOT:
             await api.completions(self.state.runtime, scope, receive, send)
         else:
             await self.fastapi(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return str(v.decode("latin-1"))
+    return None
+
+
+def _refusal(scope: Scope, hot: bool) -> GatewayError | None:
+    """The error for a request no route may see, else None (a loop over a handful of headers)."""
+    if hot and scope["method"] != "POST":
+        return MethodNotAllowed(
+            f"Method {scope['method']} is not allowed on {scope['path']}; use POST.",
+            headers={"allow": "POST"},
+        )
+    seen = False
+    for k, _ in scope["headers"]:
+        if k == b"authorization":  # ASGI servers lower-case header names
+            if seen:
+                return InvalidRequest(
+                    "More than one Authorization header: send exactly one 'Authorization: Bearer ...'.",
+                    param="authorization",
+                    code="duplicate_header",
+                )
+            seen = True
+    return None
 
 
 def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -> GatewayApp:
@@ -185,6 +224,21 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
         return error_response(
             UnprocessableRequest(f"Invalid '{field}': {first['msg']}.", param=field or None)
         )
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(request: Request, exc: RedisError) -> Response:
+        # An admin or usage route that reached Redis without its own handler: still a 503 in
+        # the OpenAI envelope during an outage, not a bare 500.
+        runtime(request).redis_failed(request.url.path, exc)
+        return error_response(RedisUnavailable(f"Redis is unreachable ({type(exc).__name__})."))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette re-raises after this handler, so uvicorn logs the traceback once; this only
+        # makes the client's 500 an OpenAI error body carrying the request id.
+        rid = api.request_id(request.headers.get("x-request-id"))
+        body = GatewayError(f"Internal error ({type(exc).__name__}); request id {rid}.")
+        return error_response(body, {"x-request-id": rid})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
