@@ -28,14 +28,21 @@ def _raise_on_sigterm() -> None:
 
 
 def _show(info: dict) -> None:
+    """URLs and keys. The value column never wraps or truncates: a key is copied from here."""
     table = Table(title="servelab stack (127.0.0.1)", show_header=False)
-    table.add_row("gateway", info["gateway_url"] + "/v1")
-    for i, url in enumerate(info["backend_urls"]):
-        table.add_row(f"backend {i} ({info['model']}, simulated)", url)
+    values = [*info.get("gateway_urls", [info["gateway_url"]]), *info["keys"].values()]
+    table.add_column("what", overflow="fold")
+    table.add_column("value", no_wrap=True, min_width=max(len(v) for v in values) + 3)
+    for i, url in enumerate(info.get("gateway_urls", [info["gateway_url"]])):
+        table.add_row("gateway" if i == 0 else f"gateway {i}", url + "/v1")
+    for model, urls in (info.get("models") or {info["model"]: info["backend_urls"]}).items():
+        for i, url in enumerate(urls):
+            spare = " (spare)" if url in info.get("spare_backend_urls", []) else ""
+            table.add_row(f"{model} sim {i}{spare}", url)
     table.add_row("redis", info["redis_url"])
     table.add_row("metrics", info["gateway_url"] + "/metrics")
     for tenant, key in info["keys"].items():
-        table.add_row(f"API key: {tenant}", key)
+        table.add_row(f"key {tenant}", key)
     console.print(table)
 
 
@@ -46,6 +53,18 @@ def up(
     gateway_port: Annotated[int, typer.Option(help="Gateway port (0 = any free port).")] = 8080,
     backend_port: Annotated[int, typer.Option(help="First simulator port (0 = any free port).")] = 8100,
     backends: Annotated[int, typer.Option(min=1, help="Simulator replicas behind the gateway.")] = 1,
+    spare_backends: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Extra replicas in the gateway's config but not started (scenarios scale-out and "
+            "cold-start start them).",
+        ),
+    ] = 0,
+    gateways: Annotated[int, typer.Option(min=1, help="Gateway replicas sharing Redis.")] = 1,
+    second_model: Annotated[
+        str | None, typer.Option(help="Also serve this catalog model (one simulated replica, 1 GPU).")
+    ] = None,
     model: Annotated[str, typer.Option(help="Catalog model the simulators play.")] = "mixtral-8x7b",
     gpu: Annotated[str, typer.Option(help="Catalog GPU the simulators play.")] = "h100",
     tp: Annotated[int, typer.Option(help="Tensor-parallel size of each simulated replica.")] = 2,
@@ -56,7 +75,8 @@ def up(
     """Start Redis, simulated backends and the gateway on 127.0.0.1; print URLs and demo API keys.
 
     Runs until Ctrl-C or SIGTERM, then stops everything it started. With REDIS_URL set, that
-    Redis is used instead of starting one.
+    Redis is used instead of starting one. `servelab top` and `servelab scenario` find this stack
+    through STATE_DIR/stack.json; scenarios kill and restart its parts through this process.
     """
     _raise_on_sigterm()
     cfg = StackConfig(
@@ -64,6 +84,9 @@ def up(
         gateway_port=gateway_port,
         backend_port=backend_port,
         backends=backends,
+        spare_backends=spare_backends,
+        gateways=gateways,
+        second_model=second_model,
         model=model,
         gpu=gpu,
         tp=tp,
@@ -82,6 +105,7 @@ def up(
             f'"max_tokens": 16}}\''
         )
         while True:
+            stack.handle_control()
             dead = stack.dead_children()
             if dead:
                 for child in dead:
@@ -90,7 +114,7 @@ def up(
                         f"see {child.log_path}"
                     )
                 raise typer.Exit(1)
-            time.sleep(0.5)
+            time.sleep(0.1)
     except KeyboardInterrupt:
         console.print("stopping")
     finally:

@@ -62,6 +62,8 @@ def register(app: typer.Typer) -> None:
             "default: every answer runs to max_tokens"),
         num_kv_blocks: int | None = typer.Option(None, help="override the KV blocks the perf model computes"),
         seed: int = typer.Option(0),
+        cold_start: bool = typer.Option(
+            False, help="start cold: fused-MoE kernels compile on first use, as a fresh vLLM 0.5.x (sim)"),
         log_level: str = typer.Option("info"),
         preset: str | None = typer.Option(None, help="vLLM preset name (engine vllm)"),
         dry_run: bool = typer.Option(False, help="print the exact vllm command and exit (engine vllm)"),
@@ -108,6 +110,7 @@ def register(app: typer.Typer) -> None:
             scheduling_policy=scheduling_policy.value, enable_chunked_prefill=chunked_prefill,
             speedup=speedup, default_max_tokens=default_max_tokens,
             output_len=output_len, num_kv_blocks=num_kv_blocks, seed=seed, block_size=16,
+            cold_start=cold_start,
         )
         # Streams in flight would otherwise hold a SIGTERM'd server open until they finish; vLLM
         # drops them too. 3 s leaves room inside servelab.procs' 10 s SIGTERM->SIGKILL window.

@@ -43,6 +43,7 @@ def _poll(predicate, timeout_s: float, what: str):
 def test_up_serves_then_stops_everything_on_sigterm(tmp_path: Path) -> None:
     state = tmp_path / "stack"
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["COLUMNS"] = "80"  # the table must show whole keys on an 80-column terminal
     log = (tmp_path / "up.log").open("wb")
     proc = subprocess.Popen(
         [
@@ -69,6 +70,10 @@ def test_up_serves_then_stops_everything_on_sigterm(tmp_path: Path) -> None:
         info = json.loads(stack_json.read_text())
         assert {"acme", "tiny"} <= set(info["keys"])
         assert all(key.startswith("sk-") for key in info["keys"].values())
+        _poll(lambda: "ready" in (tmp_path / "up.log").read_text(), 30, "the `up` table")
+        shown = (tmp_path / "up.log").read_text()
+        for key in info["keys"].values():
+            assert key in shown, f"key {key} not shown whole in the `up` table:\n{shown}"
 
         client = openai.OpenAI(base_url=info["gateway_url"] + "/v1", api_key=info["keys"]["acme"])
         out = client.chat.completions.create(

@@ -35,6 +35,9 @@ class SimSettings(BaseSettings):
     output_len: str | None = Field(
         None, description="length distribution of natural (EOS) output lengths, e.g. sharegpt-out; "
         "None: outputs run to max_tokens")
+    cold_start: bool = Field(
+        False, description="a freshly started vLLM 0.5.x: fused-MoE kernels compile on first use "
+        "(server/sim/coldstart.py; MoE models only)")
     seed: int = 0
 
     @property
