@@ -13,8 +13,9 @@ The cost model is a Protocol: `step_time_s(BatchShape) -> seconds`. The real one
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
+from server.sim.cohort import CohortSchedule, CohortScheduler
 from server.sim.kvcache import BlockAllocator
 from server.sim.request import Request
 from server.sim.scheduler import Schedule, Scheduler, SchedulerConfig, StepOutcome
@@ -34,6 +35,11 @@ class StepCostModel(Protocol):
     def step_time_s(self, batch: BatchShape) -> float: ...
 
 
+# "reference": every request is updated every step (server/sim/scheduler.py); "fast": decoding
+# requests are a cohort with running totals (server/sim/cohort.py), same results, O(1) in the batch.
+Stepper = Literal["fast", "reference"]
+
+
 @dataclass(frozen=True)
 class LinearCost:
     """A transparent cost model for tests and examples: fixed + per-token + per-context-token."""
@@ -44,14 +50,47 @@ class LinearCost:
     per_context_token_s: float = 0.0
 
     def step_time_s(self, batch: BatchShape) -> float:
-        prefill_tokens = sum(n for n, _ in batch.prefill)
-        ctx = sum(batch.decode_context) + sum(n + c for n, c in batch.prefill)
+        return self.step_time_totals(batch.prefill, len(batch.decode_context), sum(batch.decode_context))
+
+    def step_time_totals(
+        self, prefill: tuple[tuple[int, int], ...], num_decode: int, decode_ctx_sum: int
+    ) -> float:
+        """The same time from the decodes' count and context sum (what the cohort scheduler keeps)."""
+        prefill_tokens = sum(n for n, _ in prefill)
+        ctx = decode_ctx_sum + sum(n + c for n, c in prefill)
         return (
             self.fixed_s
             + self.per_prefill_token_s * prefill_tokens
-            + self.per_decode_seq_s * len(batch.decode_context)
+            + self.per_decode_seq_s * num_decode
             + self.per_context_token_s * ctx
         )
+
+
+def step_time_from_totals(
+    cost: StepCostModel, prefill: tuple[tuple[int, int], ...], num_decode: int, decode_ctx_sum: int
+) -> float | None:
+    """A step's time from decode totals when the cost model can take them, else None.
+
+    PerfModel's `breakdown` only reads the decodes' count and context sum; this repeats its
+    accumulation in the same order so the float result is identical.
+    """
+    totals = getattr(cost, "step_time_totals", None)
+    if totals is not None:
+        return float(totals(prefill, num_decode, decode_ctx_sum))
+    breakdown = getattr(cost, "breakdown_from_totals", None)
+    if breakdown is None:
+        return None
+    prefill_tokens = 0
+    attn_pairs = 0.0
+    kv_read_tokens = 0
+    for new, before in prefill:
+        prefill_tokens += new
+        attn_pairs += new * (before + (new + 1) / 2)
+        kv_read_tokens += before
+    attn_pairs += decode_ctx_sum + num_decode
+    kv_read_tokens += decode_ctx_sum
+    return float(breakdown(num_tokens=prefill_tokens + num_decode, num_seqs=len(prefill) + num_decode,
+                           attn_pairs=attn_pairs, kv_read_tokens=kv_read_tokens).total_s)
 
 
 @dataclass(frozen=True)
@@ -76,11 +115,21 @@ class Engine:
         block_size: int = 16,
         *,
         track_emitted: bool = True,
+        stepper: Stepper = "reference",
     ) -> None:
+        if stepper not in ("fast", "reference"):
+            raise ValueError(f"unknown stepper {stepper!r}; expected 'fast' or 'reference'")
+        if stepper == "fast" and track_emitted:
+            raise ValueError("the fast stepper does not list emitted requests; pass track_emitted=False")
         self.cost = cost
         self.kv = BlockAllocator(num_blocks, block_size)
         config = config or SchedulerConfig()
-        self.scheduler = (Scheduler if config.chunked_prefill else PrefillFirstScheduler)(config, self.kv)
+        if not config.chunked_prefill:
+            stepper = "reference"  # V0's prefill-only steps have no cohort to keep
+        self.stepper: Stepper = stepper
+        sched_cls = (CohortScheduler if stepper == "fast" else Scheduler) if config.chunked_prefill \
+            else PrefillFirstScheduler
+        self.scheduler = sched_cls(config, self.kv)
         # Counters since start (the /metrics endpoint and the offline summary read these).
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
@@ -126,11 +175,22 @@ class Engine:
         # A decode is the one token sampled last step; anything else (prompt chunks, the
         # recompute of a preempted request) is prefill work.
         prefill = tuple(zip(sched.prefill_new, [r.num_computed for r in sched.prefills], strict=True))
-        shape = BatchShape(prefill=prefill, decode_context=tuple([r.num_computed for r in sched.decodes]))
-        duration = float(self.cost.step_time_s(shape))
+        if isinstance(sched, CohortSchedule):
+            num_decode = sched.num_decode
+            timed = step_time_from_totals(self.cost, prefill, num_decode, sched.decode_ctx_sum)
+            if timed is None:  # a cost model that needs every context: list the cohort's
+                duration = float(self.cost.step_time_s(
+                    BatchShape(prefill=prefill, decode_context=self.scheduler.decode_contexts())))  # type: ignore[attr-defined]
+            else:
+                duration = timed
+            shape = BatchShape(prefill=prefill, decode_context=())  # the cohort's contexts are not listed
+        else:
+            num_decode = len(sched.decodes)
+            shape = BatchShape(prefill=prefill, decode_context=tuple([r.num_computed for r in sched.decodes]))
+            duration = float(self.cost.step_time_s(shape))
         if not duration > 0:
             raise ValueError(f"cost model returned a non-positive step time {duration!r} for {shape}")
-        return Plan(sched, shape, duration, sum(sched.prefill_new), len(sched.decodes))
+        return Plan(sched, shape, duration, sum(sched.prefill_new), num_decode)
 
     def complete(self, plan: Plan, end_s: float) -> StepOutcome:
         out = self.scheduler.update(plan.schedule, end_s, track_emitted=self.track_emitted)

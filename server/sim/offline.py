@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from server.sim.engine import Engine, Plan, StepCostModel
+from server.sim.engine import Engine, Plan, StepCostModel, Stepper
 from server.sim.lengths import LengthDist
 from server.sim.request import Request
+from server.sim.routing import LeastLoaded
 from server.sim.scheduler import Policy, SchedulerConfig
 
 PERCENTILES = (50, 95, 99)
@@ -214,11 +215,14 @@ def simulate(
     block_size: int = 16,
     cost_model: StepCostModel | None = None,
     num_blocks: int | None = None,
+    stepper: Stepper = "fast",
 ) -> SimResult:
     """Play `workload` through `replicas` engines and measure it like vLLM's benchmark would.
 
     Pass `cost_model` (and `num_blocks`, or a cost model with `kv_blocks(block_size)`) to bypass
     the catalog; otherwise the roofline of `model` on `tp` x `gpu` in `dtype` is used.
+    `stepper="reference"` updates every request every step (server/sim/scheduler.py); the default
+    "fast" keeps decoding requests as a cohort (server/sim/cohort.py) with the same results.
     """
     wall0 = time.perf_counter()
     if replicas < 1:
@@ -241,11 +245,13 @@ def simulate(
         blocks = num_blocks
     inputs.update(replicas=replicas, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                   policy=policy, chunked_prefill=chunked_prefill, block_size=block_size,
-                  kv_blocks_per_replica=blocks)
+                  kv_blocks_per_replica=blocks, stepper=stepper)
 
     cfg = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                           policy=policy, chunked_prefill=chunked_prefill)
-    engines = [Engine(cost_model, blocks, cfg, block_size, track_emitted=False) for _ in range(replicas)]
+    engines = [Engine(cost_model, blocks, cfg, block_size, track_emitted=False, stepper=stepper)
+               for _ in range(replicas)]
+    router = LeastLoaded(engines)
     send_times, in_lens, out_lens = workload.generate()
     n = workload.num_requests
     send = send_times.tolist()
@@ -273,28 +279,36 @@ def simulate(
         t = t_send if t_send < t_step else t_step
         if t == inf:
             raise RuntimeError("simulation stalled: no step in flight and no request to send")
+        touched: list[int] = []  # replicas whose state changed now: only they can start a step
         # 1. complete steps that end now
         while in_flight and in_flight[0][0] <= t:
             end, r, plan = heapq.heappop(in_flight)
             out = engines[r].complete(plan, end)
             busy[r] = False
+            touched.append(r)
             for gap, c in out.itl_gaps.items():
                 itl[gap] = itl.get(gap, 0) + c
-            for req in out.finished:
-                i = int(req.req_id)
-                ttft[i] = req.first_token_s - req.arrival_s
-                e2e[i] = req.finish_s - req.arrival_s
-            done += len(out.finished)
-            outstanding -= len(out.finished)
+            if out.finished:
+                for req in out.finished:
+                    i = int(req.req_id)
+                    ttft[i] = req.first_token_s - req.arrival_s
+                    e2e[i] = req.finish_s - req.arrival_s
+                done += len(out.finished)
+                outstanding -= len(out.finished)
+                router.changed(r)
         # 2. send what is due, each to the least-loaded replica
         while next_i < n and send[next_i] <= t and outstanding < cap:
-            eng = engines[0] if replicas == 1 else min(engines, key=_load)
-            eng.add(Request(str(next_i), ins[next_i], outs[next_i], arrival_s=t))
+            r = router.pick()
+            engines[r].add(Request(str(next_i), ins[next_i], outs[next_i], arrival_s=t))
+            router.changed(r)
+            touched.append(r)
             sent_at[next_i] = t
             next_i += 1
             outstanding += 1
-        # 3. start a step on every idle replica with work
-        for r in range(replicas):
+        # 3. start a step on every idle replica with work (in replica order, as a scan would)
+        if len(touched) > 1:
+            touched = sorted(set(touched))
+        for r in touched:
             if busy[r]:
                 continue
             eng = engines[r]
@@ -327,10 +341,6 @@ def simulate(
         wall_s=time.perf_counter() - wall0,
         inputs=inputs,
     )
-
-
-def _load(e: Engine) -> int:
-    return e.outstanding
 
 
 __all__ = ["LengthDist", "SimResult", "Workload", "simulate", "weighted_percentiles"]
