@@ -14,7 +14,6 @@ from server.sim.engine import Engine, LinearCost
 from server.sim.offline import SimResult, Workload, simulate
 from server.sim.request import Request
 from server.sim.routing import LeastLoaded
-from server.sim.scheduler import SchedulerConfig
 
 
 def _both(wl: Workload, **kw: object) -> tuple[SimResult, SimResult]:
@@ -41,7 +40,8 @@ def test_fast_equals_reference_under_kv_pressure_with_preemption() -> None:
 
 
 def test_fast_equals_reference_on_a_poisson_cluster_with_chunked_prefill() -> None:
-    wl = Workload(num_requests=1500, input_len="uniform:10:3000", output_len="uniform:1:300", rate=200, seed=2)
+    wl = Workload(num_requests=1500, input_len="uniform:10:3000", output_len="uniform:1:300", rate=200,
+                  seed=2)
     ref, fast = _both(wl, cost_model=LinearCost(per_context_token_s=1e-7), num_blocks=3000, replicas=4,
                       max_num_batched_tokens=512)
     assert ref.preemptions > 0
