@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from gateway import admin, api, broadcast
+from gateway import admin, admin_rollout, api, broadcast
 from gateway.auth import REVOKED_CHANNEL, KeyStore
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import (
@@ -43,11 +43,13 @@ from gateway.liveplans import CONFIG_CHANNEL
 from gateway.metrics import GatewayMetrics
 from gateway.proxy import new_session
 from gateway.ratelimit import Limiter
-from gateway.routing import BackendPool
+from gateway.rollout import RolloutController
+from gateway.routing import pool_from_config
 from gateway.runtime import Runtime, runtime
 from gateway.scriptconn import ScriptConnection
 from gateway.settings import GatewaySettings
 from gateway.upstream import UpstreamClient
+from gateway.versions import VERSIONS_CHANNEL
 
 log = logging.getLogger("gateway")
 
@@ -157,9 +159,7 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
             connect_timeout_s=settings.upstream_connect_timeout_s,
             read_timeout_s=settings.upstream_read_timeout_s,
         )
-        pool = BackendPool(
-            {name: m.backends for name, m in cfg.models.items()}, down_s=settings.backend_down_s
-        )
+        pool = pool_from_config(cfg, down_s=settings.backend_down_s)
         rt = Runtime(
             settings=settings,
             config=cfg,
@@ -179,8 +179,11 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
         channels = [
             broadcast.Channel(REVOKED_CHANNEL, keys.on_revoked, keys.resync),
             broadcast.Channel(CONFIG_CHANNEL, rt.plans.on_changed, rt.plans.resync),
+            broadcast.Channel(VERSIONS_CHANNEL, rt.versions.on_changed, rt.versions.resync),
         ]
         follower = asyncio.create_task(broadcast.follow(subscriber, channels, subscribed))
+        rollouts = RolloutController(redis, rt.versions, metrics.registry, list(cfg.models))
+        rollout_task = asyncio.create_task(rollouts.run())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(subscribed.wait(), timeout=2.0)
         app.state.runtime = rt
@@ -197,8 +200,12 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
             yield
         finally:
             follower.cancel()
+            rollout_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
+            with contextlib.suppress(asyncio.CancelledError):
+                await rollout_task
+            await rollouts.release()
             await session.close()
             await upstream.close()
             await scripts.close()
@@ -252,6 +259,7 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
     app.add_route("/v1/models", api.list_models, methods=["GET"])
     app.add_route("/v1/usage", api.usage, methods=["GET"])
     app.include_router(admin.build_router())
+    app.include_router(admin_rollout.build_router())
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

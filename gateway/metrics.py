@@ -124,6 +124,28 @@ class GatewayMetrics:
             ["backend", "kind"],
             registry=r,
         )
+        # Per model version (and backend region): what the rollout gate (rollout.py) compares.
+        # Separate families so the per-model ones above keep their labels for dashboards.
+        self.version_requests = Counter(
+            "servelab_gateway_version_requests_total",
+            "Requests by model alias, version, backend region ('' before a backend was chosen) and status.",
+            ["model", "version", "region", "status"],
+            registry=r,
+        )
+        self.version_ttft_seconds = Histogram(
+            "servelab_gateway_version_time_to_first_token_seconds",
+            "Streaming: request received to first content chunk forwarded, by model version.",
+            ["model", "version"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.version_tpot_seconds = Histogram(
+            "servelab_gateway_version_time_per_output_token_seconds",
+            "Streaming: (end - first token) / (completion tokens - 1), by model version.",
+            ["model", "version"],
+            buckets=_TPOT,
+            registry=r,
+        )
         self.redis_up.set(1)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

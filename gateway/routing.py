@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from gateway.config import GatewayConfig
 from gateway.errors import NoBackendInRegion
 
 
@@ -112,3 +113,17 @@ class BackendPool:
 
     def mark_down(self, backend: Backend) -> None:
         backend.down_until = self._clock() + self._down_s
+
+
+def pool_from_config(config: GatewayConfig, *, down_s: float) -> BackendPool:
+    """The pool for a config: every model's backends, grouped by version, with their regions."""
+    return BackendPool(
+        {name: m.backends for name, m in config.models.items()},
+        down_s=down_s,
+        versions={
+            (name, v): spec.backends
+            for name, m in config.models.items()
+            for v, spec in m.version_table().items()
+        },
+        regions={url: region for region, urls in config.regions.items() for url in urls},
+    )

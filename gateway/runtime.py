@@ -23,6 +23,7 @@ from gateway.ratelimit import Limiter
 from gateway.routing import BackendPool
 from gateway.settings import GatewaySettings
 from gateway.upstream import UpstreamClient
+from gateway.versions import LiveVersions
 
 log = logging.getLogger("gateway.redis")
 
@@ -40,10 +41,12 @@ class Runtime:
     metrics: GatewayMetrics
     redis_ok: bool = field(default=True)
     plans: LivePlans = field(init=False)
+    versions: LiveVersions = field(init=False)
     queues: dict[str, FairQueue] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.plans = LivePlans(self.config, self.redis)
+        self.versions = LiveVersions(self.config, self.redis)
         self.queues = {
             name: FairQueue(m.max_in_flight_per_backend * len(m.backends))
             for name, m in self.config.models.items()
