@@ -28,6 +28,11 @@ class PolicyKind(StrEnum):
     priority = "priority"
 
 
+class StepperKind(StrEnum):
+    fast = "fast"
+    reference = "reference"
+
+
 def _parse_rate(rate: str) -> float | None:
     if rate.strip().lower() in ("inf", "infinity", "none"):
         return None
@@ -140,6 +145,9 @@ def register(app: typer.Typer) -> None:
         slo_ttft: float | None = typer.Option(None, help="seconds; adds goodput under the SLOs"),
         slo_tpot: float | None = typer.Option(None, help="seconds; adds goodput under the SLOs"),
         json_out: Path | None = typer.Option(None, "--json", help="also write inputs + results here as JSON"),
+        stepper: StepperKind = typer.Option(
+            StepperKind.fast, help="fast: decoding requests as a cohort (same results); reference: every"
+            " request every step"),
     ) -> None:
         """Play a workload through the engine on a discrete-event clock and print vLLM-benchmark metrics."""
         from server.sim.offline import Workload
@@ -150,7 +158,7 @@ def register(app: typer.Typer) -> None:
         res = run_sim(wl, model=model, gpu=gpu, tp=tp, dtype=dtype, kv_dtype=kv_dtype,
                       gpu_memory_utilization=gpu_memory_utilization, replicas=replicas,
                       max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                      policy=policy.value, chunked_prefill=chunked_prefill)
+                      policy=policy.value, chunked_prefill=chunked_prefill, stepper=stepper.value)
         summary: dict[str, Any] = dict(res.summary())
         if slo_ttft is not None or slo_tpot is not None:
             summary["goodput_rps"] = res.goodput(slo_ttft, slo_tpot)
