@@ -1,7 +1,15 @@
-"""Speed of the simulator: the offline cluster run and the real-time server's per-step overhead.
+"""Speed of the simulator: the headline cluster, the offline cluster run and the real-time server.
 
     .venv/bin/python -m loadtest.bench.sim_speed            # full run, writes docs/results/sim-speed.md
-    .venv/bin/python -m loadtest.bench.sim_speed --requests 20000 --seconds 10 --out /tmp/x.md
+    .venv/bin/python -m loadtest.bench.sim_speed --requests 20000 --seconds 10 --headline-s 5 --out /tmp/x.md
+
+Part 0 is the headline of docs/serving.md: 390 replicas of Mixtral-8x22B (bf16, TP8, H100) at
+10,000 req/s Poisson, 1000 tokens in / 250 out, for `--headline-s` seconds of arrivals (60 s =
+600,000 requests). It runs `servelab simulate` twice as subprocesses, with `--stepper fast` (the
+default) and `--stepper reference` (every request updated every step), and records each command's
+wall time and CPU time (the child's user + system), and how far apart their results are.
+Target: the fast run plays the simulated time in no more wall time than it covers (>= 1x real
+time) on one core, and matches the reference within 1% on the latency percentiles and throughput.
 
 Part 1 runs `servelab simulate` as a subprocess (so start-up and imports count) for N requests on a
 16-replica Mixtral-8x7B (bf16, TP2, H100) cluster, ShareGPT-like lengths, at rate=inf and at a
@@ -22,6 +30,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -35,6 +44,33 @@ import aiohttp
 from servelab.procs import free_port, python_module, start, wait_http_ok
 
 MODEL_ARGS = ["--model", "mixtral-8x7b", "--gpu", "h100", "--tp", "2", "--dtype", "bf16"]
+
+
+HEADLINE_ARGS = ["--model", "mixtral-8x22b", "--gpu", "h100", "--tp", "8", "--dtype", "bf16",
+                 "--replicas", "390", "--rate", "10000", "--input-len", "1000", "--output-len", "250"]
+# One core: no BLAS/OpenMP helper threads in the child (numpy would start one per core).
+ONE_THREAD = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+COMPARED = ("ttft_p50_s", "ttft_p95_s", "ttft_p99_s", "tpot_p50_s", "tpot_p95_s", "tpot_p99_s",
+            "e2e_p50_s", "e2e_p95_s", "e2e_p99_s", "itl_p50_s", "itl_p99_s", "request_throughput",
+            "output_throughput")
+
+
+def headline_run(seconds: float, stepper: str) -> dict[str, Any]:
+    """`servelab simulate` of the headline cluster for `seconds` of 10,000 req/s arrivals."""
+    requests = round(10_000 * seconds)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "sim.json"
+        argv = python_module("servelab.cli", "simulate", *HEADLINE_ARGS, "--num-requests", str(requests),
+                             "--stepper", stepper, "--json", str(out))
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=ONE_THREAD)
+        wall = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        data = json.loads(out.read_text())
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return {"argv": " ".join(["servelab", *argv[3:-2]]), "stepper": stepper, "wall_s": wall, "cpu_s": cpu,
+            "max_rss_mib": r1.ru_maxrss / 1024, **data["results"]}
 
 
 def offline_run(requests: int, rate: str) -> dict[str, Any]:
@@ -112,15 +148,54 @@ def _ms(x: object) -> str:
     return f"{float(x) * 1000:.3f}" if isinstance(x, int | float) else "-"
 
 
-def render(offline: list[dict[str, Any]], rt: dict[str, Any], load: str) -> str:
+def render_headline(head: list[dict[str, Any]]) -> list[str]:
+    fast = next(h for h in head if h["stepper"] == "fast")
+    ref = next((h for h in head if h["stepper"] == "reference"), None)
+    lines = [
+        "## Headline: 390 x Mixtral-8x22B TP8 replicas at 10,000 req/s",
+        "",
+        f"{fast['num_requests']:,} requests (1000 in / 250 out, Poisson) through a least-loaded router;"
+        " real-time factor = simulated seconds / wall seconds. The whole command is timed (start-up,"
+        " imports, workload generation, percentiles). Target: >= 1x real time on one core, and equal to"
+        " the step-by-step reference within 1%.",
+        "",
+        "| stepper | command | wall s | CPU s | simulated s | real-time factor | steps | max RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for h in head:
+        lines.append(f"| {h['stepper']} | `{h['argv']}` | {h['wall_s']:.1f} | {h['cpu_s']:.1f} |"
+                     f" {h['duration_s']:.1f} | {h['duration_s'] / h['wall_s']:.2f}x | {h['steps']:,} |"
+                     f" {h['max_rss_mib']:.0f} |")
+    if ref is not None:
+        lines += ["", "| metric | reference | fast | difference |", "|---|---|---|---|"]
+        worst = 0.0
+        for key in COMPARED:
+            a, b = float(ref[key]), float(fast[key])
+            diff = (b - a) / a if a else 0.0
+            worst = max(worst, abs(diff))
+            unit = 1000.0 if key.endswith("_s") else 1.0
+            name = key.removesuffix("_s") + (" ms" if key.endswith("_s") else "")
+            lines.append(f"| {name} | {a * unit:.3f} | {b * unit:.3f} | {diff:+.4%} |")
+        same = ref["steps"] == fast["steps"] and ref["preemptions"] == fast["preemptions"]
+        lines += ["", f"Largest difference: {worst:.4%} (target 1%); steps and preemptions"
+                  f" {'identical' if same else 'differ'} ({fast['steps']:,} steps, {fast['preemptions']}"
+                  f" preemptions). Speed-up of the fast stepper: {ref['cpu_s'] / fast['cpu_s']:.1f}x in CPU"
+                  " time."]
+    lines.append("")
+    return lines
+
+
+def render(offline: list[dict[str, Any]], rt: dict[str, Any], load: str,
+           head: list[dict[str, Any]] | None = None) -> str:
     lines = [
         "# Simulator speed",
         "",
         "Measured by `loadtest/bench/sim_speed.py` (command in its docstring) on this machine:"
         f" {os.cpu_count()} cores, Python {platform.python_version()}, load average before the run {load}."
-        " The machine is shared with four other engineers working at the same time, so wall times are noisy"
-        " (single run each; no repetition).",
+        " The machine is shared with seven other engineers working at the same time, so wall times are"
+        " noisy (single run each; no repetition); the CPU-time columns are what one core needs.",
         "",
+        *(render_headline(head) if head else []),
         "## Offline: 16-replica Mixtral-8x7B cluster (bf16, TP2, H100), ShareGPT-like lengths",
         "",
         "Target: 100,000 requests in under 60 s of wall time for the whole `servelab simulate` command.",
@@ -184,8 +259,14 @@ def render(offline: list[dict[str, Any]], rt: dict[str, Any], load: str) -> str:
             f" {rt['server_cpu_cores']:.2f} cores on a 2-core machine whose load average was {load}:"
             " the wall-time tails are most likely time spent waiting for a CPU, not the engine's own work"
             " (compare the CPU-only columns).")
-    lines += ["", "Raw numbers:", "", "```json", json.dumps({"offline": offline, "realtime": rt}, indent=1,
-                                                             default=str), "```", ""]
+    if head:
+        fast = next(h for h in head if h["stepper"] == "fast")
+        factor = fast["duration_s"] / fast["wall_s"]
+        lines.append(f"- headline, fast stepper: {fast['duration_s']:.1f} s simulated in"
+                     f" {fast['wall_s']:.1f} s wall ({fast['cpu_s']:.1f} s CPU): {factor:.2f}x real time"
+                     f" (target >= 1x): {'met' if factor >= 1 else 'NOT met'}.")
+    raw = {"headline": head or [], "offline": offline, "realtime": rt}
+    lines += ["", "Raw numbers:", "", "```json", json.dumps(raw, indent=1, default=str), "```", ""]
     return "\n".join(lines)
 
 
@@ -197,15 +278,23 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--out", type=Path, default=Path("docs/results/sim-speed.md"))
+    ap.add_argument("--headline-s", type=float, default=60.0, help="seconds of 10,000 req/s arrivals")
+    ap.add_argument("--no-reference", action="store_true", help="skip the (slow) reference headline run")
     args = ap.parse_args()
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    head = [headline_run(args.headline_s, "fast")]
+    print(f"headline fast: {head[0]['wall_s']:.1f} s wall, {head[0]['cpu_s']:.1f} s CPU", file=sys.stderr)
+    if not args.no_reference:
+        head.append(headline_run(args.headline_s, "reference"))
+        ref = head[1]
+        print(f"headline reference: {ref['wall_s']:.1f} s wall, {ref['cpu_s']:.1f} s CPU", file=sys.stderr)
     offline = [offline_run(args.requests, "inf"), offline_run(args.requests, args.rate)]
     for o in offline:
         print(f"offline {o['argv']}: {o['wall_s']:.1f} s wall", file=sys.stderr)
     rt = realtime_run(args.streams, args.seconds, args.max_tokens)
     print(json.dumps(rt, indent=1), file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(offline, rt, load))
+    args.out.write_text(render(offline, rt, load, head))
     print(f"wrote {args.out}", file=sys.stderr)
 
 
