@@ -3,20 +3,24 @@
 A completion request goes: read body (413 over the limit) -> key -> tenant (cached; 401) ->
 validate the few fields the gateway reads (400/422) -> model allowed? (404/403) -> admit.lua
 (one round trip; 429) -> fair queue if the model is saturated -> backend (502/503/504) ->
-settle.lua (one round trip) -> response. The two completion routes are raw ASGI handlers that
-app.py dispatches to before FastAPI (its middleware stack and pydantic body parsing cost more
-than the gateway's own work on a small request); models and usage are plain Starlette endpoints.
+settle.lua (one round trip) -> response. `_completions` reads in that order; whatever it
+acquires belongs to the request's `RequestOwner` (lifecycle.py), which releases it and settles
+exactly once however the request ends, so no line here releases anything by hand.
+
+The two completion routes are raw ASGI handlers that app.py dispatches to before FastAPI (its
+middleware stack and pydantic body parsing cost more than the gateway's own work on a small
+request), so they carry their own catch-all: an exception nobody expected becomes a 500 in the
+OpenAI envelope with the request id, logged once with its traceback. Models and usage are plain
+Starlette endpoints.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import re
 import time
-from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 from starlette.requests import Request
@@ -25,23 +29,21 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.auth import Principal
 from gateway.config import EffectivePlan, Model
+from gateway.costs import Usage
 from gateway.errors import (
     AuthenticationFailed,
-    BackendUnavailable,
     BodyTooLarge,
     GatewayError,
+    InternalError,
     InvalidRequest,
     ModelNotAllowed,
     ModelNotFound,
     RedisUnavailable,
     error_response,
-    rate_limit_headers,
-    rejection,
 )
-from gateway.fairness import FairQueue, QueueFull
-from gateway.metering import micro_to_usd, tenant_usage
-from gateway.proxy import StreamProxy, UpstreamCall, forwardable_headers, open_upstream, read_json
-from gateway.ratelimit import Decision, Usage, cost_micro_usd
+from gateway.lifecycle import RequestOwner
+from gateway.metering import tenant_usage
+from gateway.proxy import StreamProxy, UpstreamCall, forwardable_headers, read_json
 from gateway.runtime import Runtime, runtime
 from gateway.wire import ProxyRequest, parse_request
 
@@ -55,21 +57,6 @@ def request_id(header: str | None) -> str:
     if header and _REQUEST_ID.match(header):
         return header
     return "req_" + os.urandom(12).hex()
-
-
-@dataclass(frozen=True)
-class Admitted:
-    """Everything settle needs about one admitted request."""
-
-    principal: Principal
-    plan: EffectivePlan
-    model_name: str
-    model: Model
-    lease_id: str
-    reserved: int
-    month: str
-    request_id: str
-    started: float
 
 
 async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
@@ -126,89 +113,33 @@ def _upstream_body(raw: bytes, preq: ProxyRequest, plan: EffectivePlan, model: M
     return (json.dumps(body, separators=(",", ":")).encode() if changed else raw), max_tokens
 
 
-async def settle(
-    rt: Runtime, adm: Admitted | None, tenant: str, model: str, usage: Usage | None, status: int
-) -> None:
-    """Settle one request (never raises) and count it in the metrics."""
-    m = rt.metrics
-    m.child(m.requests, tenant, model, str(status)).inc()
-    if usage is not None:
-        m.child(m.prompt_tokens, tenant, model).inc(usage.prompt_tokens)
-        m.child(m.completion_tokens, tenant, model).inc(usage.completion_tokens)
-    if adm is None:
-        return  # fail-open request: nothing was reserved, nothing can be metered
-    cost = (
-        cost_micro_usd(usage, adm.model.input_price_per_million_usd, adm.model.output_price_per_million_usd)
-        if usage
-        else 0
-    )
-    try:
-        settled = await rt.limiter.settle(
-            tenant=tenant,
-            plan=adm.plan,
-            lease_id=adm.lease_id,
-            reserved=adm.reserved,
-            usage=usage,
-            month=adm.month,
-            model=model,
-            cost_micro=cost,
-            request_id=adm.request_id,
-            key_id=adm.principal.key_id,
-            latency_ms=(time.perf_counter() - adm.started) * 1000,
-            status=status,
-        )
-        rt.redis_answered()
-    except RedisError as exc:
-        rt.redis_failed("settle", exc)
-        log.error(
-            "Settle failed, usage not metered and lease left to expire: tenant=%s request_id=%s "
-            "prompt_tokens=%s completion_tokens=%s",
-            tenant,
-            adm.request_id,
-            usage.prompt_tokens if usage else 0,
-            usage.completion_tokens if usage else 0,
-        )
-    else:
-        m.child(m.quota_remaining, tenant).set(settled.quota_remaining)
-        if settled.counted == 1:
-            # The same integer settle.lua added to usage:{tenant}, so this agrees with /v1/usage.
-            m.child(m.cost_usd, tenant, model).inc(micro_to_usd(cost))
-
-
-async def _wait_in_queue(
-    rt: Runtime, queue: FairQueue, adm: Admitted | None, tenant: str, model: str, cost: int, weight: float
-) -> float:
-    """Wait for a backend slot in fair order; 503 (settled, nothing metered) if it takes too long."""
-    t = time.perf_counter()
-    try:
-        await asyncio.wait_for(queue.acquire(tenant, cost, weight), rt.settings.queue_timeout_s)
-    except (TimeoutError, QueueFull) as exc:
-        await settle(rt, adm, tenant, model, None, 503)
-        raise BackendUnavailable(
-            f"Model {model!r} is saturated: no backend slot within {rt.settings.queue_timeout_s:g}s "
-            f"({type(exc).__name__})."
-        ) from None
-    waited = time.perf_counter() - t
-    rt.metrics.child(rt.metrics.queue_wait_seconds, tenant).observe(waited)
-    return waited
-
-
 async def completions(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
     """Raw ASGI handler of both completion routes (app.py dispatches to it before FastAPI)."""
     headers = dict(scope["headers"])
     rid_header = headers.get(b"x-request-id")
     rid = request_id(rid_header.decode("latin-1") if rid_header else None)
-    try:
-        response = await _completions(rt, headers, receive, rid, scope["path"] == "/v1/chat/completions")
-    except GatewayError as exc:
-        response = error_response(exc, {"x-request-id": rid})
-    await response(scope, receive, send)
+    async with RequestOwner(rt, rid) as req:
+        try:
+            response = await _completions(req, headers, receive, scope["path"] == "/v1/chat/completions")
+        except GatewayError as exc:
+            await req.finish(None, exc.status)
+            response = error_response(exc, {"x-request-id": rid})
+        except Exception:
+            # The one place an unexpected exception of the raw routes is logged (with its
+            # traceback) and answered: a 500 in the OpenAI envelope, never a bare text/plain one.
+            log.exception("Unexpected error in a completion request: request_id=%s", rid)
+            await req.finish(None, 500)
+            response = error_response(
+                InternalError(f"The gateway failed unexpectedly; it has been logged with request id {rid}."),
+                {"x-request-id": rid},
+            )
+        await response(scope, receive, send)
 
 
 async def _completions(
-    rt: Runtime, headers: dict[bytes, bytes], receive: Receive, rid: str, chat: bool
+    req: RequestOwner, headers: dict[bytes, bytes], receive: Receive, chat: bool
 ) -> Response:
-    t0 = time.perf_counter()
+    rt = req.rt
     raw = await read_body(receive, headers, rt.settings.max_body_bytes)
     auth = headers.get(b"authorization")
     principal = await authenticate(rt, auth.decode("latin-1") if auth else None)
@@ -221,109 +152,51 @@ async def _completions(
     if allowed != "*" and preq.model not in allowed:
         raise ModelNotAllowed(f"Tenant {tenant!r} may not use model {preq.model!r}.", param="model")
     plan = rt.plan(tenant)
+    req.identify(principal, preq.model, model, plan)
     up_body, max_tokens = _upstream_body(raw, preq, plan, model)
     reserve = preq.prompt_tokens_estimate + max_tokens
 
-    lease_id = os.urandom(8).hex()
-    decision: Decision | None
-    try:
-        ta = time.perf_counter()
-        decision = await rt.limiter.admit(tenant, plan, reserve, lease_id)
-        rt.metrics.admission_seconds.observe(time.perf_counter() - ta)
-        rt.redis_answered()
-    except RedisError as exc:
-        rt.redis_failed("admit", exc)
-        if rt.settings.redis_failure_mode == "closed":
-            raise RedisUnavailable("Rate limiting is unavailable: Redis is unreachable.") from None
-        rt.metrics.fail_open.inc()
-        decision = None
-    out_headers = {"x-request-id": rid}
-    adm: Admitted | None = None
-    if decision is not None:
-        rt.metrics.child(rt.metrics.quota_remaining, tenant).set(decision.quota_remaining)
-        if not decision.allowed:
-            rt.metrics.rate_limited.labels(tenant, decision.limit).inc()
-            rt.metrics.requests.labels(tenant, preq.model, "429").inc()
-            raise rejection(decision, tenant)
-        out_headers.update(rate_limit_headers(decision))
-        adm = Admitted(principal, plan, preq.model, model, lease_id, reserve, decision.month, rid, t0)
-
-    queue = rt.queues.get(preq.model)
-    waited = 0.0
-    if queue is not None:
-        waited = await _wait_in_queue(rt, queue, adm, tenant, preq.model, reserve, plan.fair_share_weight)
-    rt.metrics.in_flight.inc()
-    path = "/v1/chat/completions" if chat else "/v1/completions"
+    out_headers = {"x-request-id": req.request_id}
+    out_headers.update(await req.admit(reserve, preq.prompt_tokens_estimate))
+    waited = await req.wait_for_slot(reserve)
     t_up = time.perf_counter()
-    try:
-        call = await open_upstream(
-            rt.upstream,
-            rt.pool,
-            preq.model,
-            path,
-            up_body,
-            rid,
-            lambda b, kind: rt.metrics.backend_errors.labels(b.url, kind).inc(),
-        )
-    except GatewayError as exc:
-        rt.metrics.in_flight.dec()
-        if queue is not None:
-            queue.release()
-        await settle(rt, adm, tenant, preq.model, None, exc.status)
-        raise
-    pre_overhead = t_up - t0 - waited  # waiting for a backend slot is not gateway overhead
+    call = await req.open_upstream("/v1/chat/completions" if chat else "/v1/completions", up_body)
+    pre_overhead = t_up - req.started - waited  # waiting for a backend slot is not gateway overhead
     if preq.stream:
         out_headers["x-gateway-overhead-ms"] = f"{pre_overhead * 1000:.3f}"
         rt.metrics.overhead_seconds.observe(pre_overhead)
-        return _stream(rt, call, adm, tenant, preq, out_headers, t0, queue)
-    try:
-        data, usage = await read_json(call, preq.model)
-    except GatewayError as exc:
-        rt.metrics.in_flight.dec()
-        await settle(rt, adm, tenant, preq.model, None, exc.status)
-        raise
-    finally:
-        if queue is not None:
-            queue.release()
+        return _stream(req, call, preq, out_headers)
+
+    data, usage = await read_json(call, preq.model)
     t_back = time.perf_counter()
     if usage is None:
-        log.warning("Backend reported no usage; metering the prompt estimate: request_id=%s", rid)
+        log.warning("Backend reported no usage; metering the prompt estimate: request_id=%s", req.request_id)
         usage = Usage(preq.prompt_tokens_estimate, 0)
-    await settle(rt, adm, tenant, preq.model, usage, 200)
-    rt.metrics.in_flight.dec()
+    await req.finish(usage, 200)
     end = time.perf_counter()
     overhead = pre_overhead + (end - t_back)
     rt.metrics.overhead_seconds.observe(overhead)
-    rt.metrics.child(rt.metrics.e2e_seconds, preq.model).observe(end - t0)
+    rt.metrics.child(rt.metrics.e2e_seconds, preq.model).observe(end - req.started)
     out_headers.update(forwardable_headers(call.response.headers))
     out_headers["x-gateway-overhead-ms"] = f"{overhead * 1000:.3f}"
     return Response(data, status_code=200, headers=out_headers)
 
 
 def _stream(
-    rt: Runtime,
-    call: UpstreamCall,
-    adm: Admitted | None,
-    tenant: str,
-    preq: ProxyRequest,
-    headers: dict[str, str],
-    t0: float,
-    queue: FairQueue | None,
+    req: RequestOwner, call: UpstreamCall, preq: ProxyRequest, headers: dict[str, str]
 ) -> StreamProxy:
+    rt, tenant = req.rt, req.tenant
+
     async def on_end(usage: Usage, complete: bool, client_gone: bool, first_token_at: float | None) -> None:
-        rt.metrics.in_flight.dec()
-        if queue is not None:
-            queue.release()
         if client_gone:
             rt.metrics.disconnects.labels(tenant).inc()
         elif not complete:  # the backend broke or went silent mid-stream
             rt.metrics.backend_errors.labels(call.backend.url, "stream").inc()
-        status = 200 if complete else (499 if client_gone else 502)
-        await settle(rt, adm, tenant, preq.model, usage, status)
+        await req.finish(usage, 200 if complete else (499 if client_gone else 502))
         end = time.perf_counter()
-        rt.metrics.child(rt.metrics.e2e_seconds, preq.model).observe(end - t0)
+        rt.metrics.child(rt.metrics.e2e_seconds, preq.model).observe(end - req.started)
         if first_token_at is not None:
-            rt.metrics.ttft_seconds.labels(preq.model).observe(first_token_at - t0)
+            rt.metrics.ttft_seconds.labels(preq.model).observe(first_token_at - req.started)
             if usage.completion_tokens > 1:
                 rt.metrics.tpot_seconds.labels(preq.model).observe(
                     (end - first_token_at) / (usage.completion_tokens - 1)
@@ -332,13 +205,15 @@ def _stream(
     out = forwardable_headers(call.response.headers)
     out.update(headers)
     out.setdefault("cache-control", "no-cache")
-    return StreamProxy(
+    proxy = StreamProxy(
         call,
         headers=out,
         client_wants_usage=preq.client_wants_usage,
         prompt_tokens_estimate=preq.prompt_tokens_estimate,
         on_end=on_end,
     )
+    req.progress = proxy.running_usage  # what the heartbeat checkpoints
+    return proxy
 
 
 async def list_models(request: Request) -> Response:

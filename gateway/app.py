@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -27,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from gateway import admin, admin_rollout, api, broadcast
+from gateway import admin, admin_rollout, api, broadcast, recovery
 from gateway.auth import REVOKED_CHANNEL, KeyStore
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import (
@@ -48,6 +49,7 @@ from gateway.routing import pool_from_config
 from gateway.runtime import Runtime, runtime
 from gateway.scriptconn import ScriptConnection
 from gateway.settings import GatewaySettings
+from gateway.spool import SettleSpool
 from gateway.upstream import UpstreamClient
 from gateway.versions import VERSIONS_CHANNEL
 
@@ -144,11 +146,13 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
             connect_timeout_s=settings.redis_connect_timeout_s,
             command_timeout_s=settings.redis_socket_timeout_s,
         )
+        replica_id = os.urandom(6).hex()  # new per process: a restarted replica is a new one
         limiter = Limiter(
             scripts,
             lease_ttl_s=settings.lease_ttl_s,
             settled_ttl_s=settings.settled_ttl_s,
             stream_maxlen=settings.usage_stream_maxlen,
+            replica_id=replica_id,
         )
         keys = KeyStore(redis, settings.key_cache_ttl_s)
         session = new_session(
@@ -170,6 +174,8 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
             upstream=upstream,
             pool=pool,
             metrics=metrics,
+            spool=SettleSpool(settings.spool_dir, replica_id),
+            replica_id=replica_id,
         )
         try:
             await limiter.load()
@@ -182,6 +188,7 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
             broadcast.Channel(VERSIONS_CHANNEL, rt.versions.on_changed, rt.versions.resync),
         ]
         follower = asyncio.create_task(broadcast.follow(subscriber, channels, subscribed))
+        maintainer = asyncio.create_task(recovery.maintain(rt))
         rollouts = RolloutController(redis, rt.versions, metrics.registry, list(cfg.models))
         rollout_task = asyncio.create_task(rollouts.run())
         with contextlib.suppress(TimeoutError):
@@ -201,6 +208,10 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
         finally:
             follower.cancel()
             rollout_task.cancel()
+            maintainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintainer
+            rt.spool.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
             with contextlib.suppress(asyncio.CancelledError):

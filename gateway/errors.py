@@ -18,7 +18,8 @@
     ├── BackendUnavailable            503     upstream_error           backend_unavailable
     │   └── NoBackendInRegion         503     upstream_error           no_backend_in_region
     ├── BackendTimeout                504     upstream_error           backend_timeout
-    └── RedisUnavailable              503     service_unavailable      redis_unavailable
+    ├── RedisUnavailable              503     service_unavailable      redis_unavailable
+    └── InternalError                 500     server_error             internal_error
 
 The body is OpenAI's: `{"error": {"message", "type", "param", "code"}}`. Handlers raise these
 classes; `error_response` (registered as the one exception handler in app.py) turns them into
@@ -175,6 +176,14 @@ class RedisUnavailable(GatewayError):
     status = 503
     type = "service_unavailable"
     code = "redis_unavailable"
+
+
+class InternalError(GatewayError):
+    """An exception nobody expected, caught by a catch-all; the message names the request id."""
+
+    status = 500
+    type = "server_error"
+    code = "internal_error"
 
 
 def error_body(exc: GatewayError) -> bytes:

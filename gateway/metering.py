@@ -15,7 +15,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from gateway.config import EffectivePlan
-from gateway.ratelimit import keys
+from gateway.keyschema import tenant_keys
 
 COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "cost_micro_usd")
 
@@ -55,13 +55,13 @@ async def tenant_usage(
     redis: Redis, tenant: str, plan: EffectivePlan, month: str | None = None
 ) -> dict[str, Any]:
     """Usage report of one tenant; `month` None means the current month by Redis time."""
-    k = keys(tenant)
+    k = tenant_keys(tenant)
     if month is None:
         seconds, _ = await redis.time()
         month = time.strftime("%Y-%m", time.gmtime(seconds))
     pipe = redis.pipeline(transaction=False)
-    pipe.hgetall(k["usage"])
-    pipe.hget(k["quota"], month)
+    pipe.hgetall(k.usage)
+    pipe.hget(k.quota, month)
     raw, quota_used = await pipe.execute()
     report = summarize(raw, month)
     return {
@@ -81,7 +81,7 @@ async def tenant_usage(
 async def recent_events(redis: Redis, tenant: str, count: int = 20) -> list[dict[str, str]]:
     """The newest entries of the tenant's usage stream, newest first."""
     out: list[dict[str, str]] = []
-    entries: Any = await redis.xrevrange(keys(tenant)["events"], count=count)
+    entries: Any = await redis.xrevrange(tenant_keys(tenant).events, count=count)
     for entry_id, fields in entries:
         out.append({"id": entry_id.decode(), **{k.decode(): v.decode() for k, v in fields.items()}})
     return out

@@ -146,6 +146,27 @@ class GatewayMetrics:
             buckets=_TPOT,
             registry=r,
         )
+        self.heartbeats = Counter(
+            "servelab_gateway_lease_heartbeats_total",
+            "Lease renewals (with a usage checkpoint) sent by requests that outlived the heartbeat interval.",
+            registry=r,
+        )
+        self.settles_spooled = Counter(
+            "servelab_gateway_settles_spooled_total",
+            "Settles that could not reach Redis and were written to the local spool for replay.",
+            registry=r,
+        )
+        self.settles_lost = Counter(
+            "servelab_gateway_settles_lost_total",
+            "Settles that reached neither Redis nor the spool (the disk failed too): usage lost.",
+            registry=r,
+        )
+        self.recovered = Counter(
+            "servelab_gateway_recovered_requests_total",
+            "Requests of dead replicas this replica settled from their last checkpoint.",
+            ["tenant"],
+            registry=r,
+        )
         self.redis_up.set(1)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 

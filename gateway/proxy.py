@@ -6,7 +6,12 @@ upstream always gets `stream_options.include_usage` (and `continuous_usage_stats
 backends) so the true usage arrives at the end, and the final usage chunk is dropped again when
 the client did not ask for it. If the client goes away, a watcher on the ASGI receive channel
 closes the upstream response at once (the engine stops generating) and the tokens generated so
-far are metered: the last running usage if the backend sends it, else one token per content chunk.
+far are metered: the last running usage if the backend sends it, else one token per chunk that
+carries generated text (a role-only first chunk carries none).
+
+What the proxy opens it hands to the request's owner (`lifecycle.RequestOwner`): the backend's
+outstanding count and the upstream response are released by `UpstreamCall.release`, which is
+idempotent, so the proxy may release early (to reuse the connection) and the owner always does.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import aiohttp
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.costs import Usage
 from gateway.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable, GatewayError
-from gateway.ratelimit import Usage
 from gateway.routing import Backend, BackendPool
 from gateway.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 
@@ -71,6 +76,14 @@ class UpstreamCall:
     backend: Backend
     response: UpstreamResponse
     started: float
+    released: bool = False
+
+    def release(self) -> None:
+        """Give the connection back (or abort it) and the backend's outstanding count; once."""
+        if not self.released:
+            self.released = True
+            self.response.release()
+            self.backend.outstanding -= 1
 
 
 async def open_upstream(
@@ -144,8 +157,7 @@ async def read_json(call: UpstreamCall, model: str) -> tuple[bytes, Usage | None
             raise BackendTimeout(f"Backend for model {model!r} stopped answering: {exc}.") from None
         raise BackendError(f"Backend for model {model!r} broke the response: {exc}.") from None
     finally:
-        call.response.release()
-        call.backend.outstanding -= 1
+        call.release()
     usage = None
     try:
         u = json.loads(data).get("usage")
@@ -156,8 +168,10 @@ async def read_json(call: UpstreamCall, model: str) -> tuple[bytes, Usage | None
     return data, usage
 
 
-# A chunk that carries no generated text: no choices, an empty delta, or empty content/text.
-_NO_TOKEN = re.compile(rb'"choices": ?\[\]|"delta": ?\{\}|"(?:content|text)": ?""')
+# A chunk that carries generated text: non-empty content/text/reasoning, or a tool-call delta.
+# A role-only first chunk (`{"role":"assistant","content":""}` or no content at all) matches
+# none of these, so it is not counted as a token.
+_TOKEN = re.compile(rb'"(?:content|text|reasoning_content)"\s*:\s*"[^"]|"tool_calls"\s*:\s*\[\s*\{')
 
 
 # A chunk's trailing `"usage": {...}` (one level of nesting: prompt_tokens_details) or `null`.
@@ -183,8 +197,8 @@ def _without_usage(payload: bytes) -> bytes:
 
 
 def _is_content_chunk(payload: bytes) -> bool:
-    """One generated token, heuristically: a chunk with choices and non-empty text or delta content."""
-    return _NO_TOKEN.search(payload) is None
+    """One generated token, heuristically: a chunk whose delta or text carries generated output."""
+    return _TOKEN.search(payload) is not None
 
 
 async def _drain(resp: UpstreamResponse) -> None:
@@ -200,6 +214,7 @@ class StreamProxy(Response):
     `on_end(usage, complete, client_gone, first_token_at)` runs exactly once, before the final `[DONE]`
     reaches the client on a normal end (so the client never sees the end of a stream whose
     usage is not yet settled), or after the upstream is closed on a disconnect.
+    `running_usage()` is the usage so far, for heartbeat checkpoints (parsed only when asked).
     """
 
     def __init__(
@@ -217,6 +232,16 @@ class StreamProxy(Response):
         self._prompt_est = prompt_tokens_estimate
         self._on_end = on_end
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        # With continuous_usage_stats every chunk carries running usage; only the newest matters,
+        # so keep its bytes and parse once when needed (json.loads per token was ~4.4 us each).
+        self._last_usage: bytes | None = None
+        self._chunks = 0  # chunks that carried generated output
+
+    def running_usage(self) -> Usage:
+        """The backend's last running usage if it sent one, else the estimate and the chunk count."""
+        if self._last_usage is not None:
+            return _usage_of(self._last_usage)
+        return Usage(self._prompt_est, self._chunks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         resp = self._call.response
@@ -231,11 +256,6 @@ class StreamProxy(Response):
                     return
 
         watcher = asyncio.create_task(watch())
-        usage: Usage | None = None
-        # With continuous_usage_stats every chunk carries running usage; only the newest matters,
-        # so keep its bytes and parse once at the end (json.loads per token was ~4.4 us each).
-        last_usage: bytes | None = None
-        chunks = 0
         first_token_at: float | None = None
         ended = False
         try:
@@ -259,20 +279,19 @@ class StreamProxy(Response):
                     if payload == b"[DONE]":
                         ended = True
                         break
+                    if _is_content_chunk(payload):
+                        self._chunks += 1
                     if b'"usage":{' in payload or b'"usage": {' in payload:
-                        last_usage = payload
+                        self._last_usage = payload
                         if _EMPTY_CHOICES.search(payload) is None:
-                            chunks += 1
                             if not self._wants_usage:
                                 event = b"data: " + _without_usage(payload) + b"\n\n"
                             batch.append(event)
                         elif self._wants_usage:
                             batch.append(event)
                     else:
-                        if _is_content_chunk(payload):
-                            chunks += 1
                         batch.append(event)
-                if first_token_at is None and chunks:
+                if first_token_at is None and self._chunks:
                     first_token_at = time.perf_counter()
                 if batch and not disconnected.is_set():
                     body = batch[0] if len(batch) == 1 else b"".join(batch)
@@ -285,13 +304,10 @@ class StreamProxy(Response):
             watcher.cancel()
             if ended and not disconnected.is_set():
                 await _drain(resp)  # read the chunked terminator so the connection can be reused
-            resp.release()
-            self._call.backend.outstanding -= 1
-            if last_usage is not None:
-                usage = _usage_of(last_usage)
-            if usage is None or (not ended and usage.completion_tokens < chunks):
-                usage = Usage(usage.prompt_tokens if usage else self._prompt_est, chunks)
-            await self._on_end(usage, ended, disconnected.is_set(), first_token_at)
+            self._call.release()
+            # Exact on every ending: the backend's own (final or running) usage when it sent one;
+            # otherwise the prompt estimate and the chunks that carried generated output.
+            await self._on_end(self.running_usage(), ended, disconnected.is_set(), first_token_at)
         if not disconnected.is_set():
             tail = b"data: [DONE]\n\n" if ended else b""
             await send({"type": "http.response.body", "body": tail, "more_body": False})

@@ -1,27 +1,44 @@
-"""Admission and settle: the two Redis round trips every proxied request makes.
+"""The limiter: admission, heartbeat and settle, the Redis round trips of a proxied request.
 
-Both are Lua scripts in `gateway/lua/` (read from the package, registered once, run with
-EVALSHA; redis-py reloads them by itself after a Redis restart wipes its script cache). All of a
-tenant's keys share the `{tenant}` hash tag so both scripts run on one Redis Cluster slot.
+All three are Lua scripts in `gateway/lua/` (read from the package, registered once, run with
+EVALSHA; the script connection reloads them by itself after a Redis restart wipes its cache).
+Every key a script touches carries the `{tenant}` hash tag (see `keyschema.py`), so each runs
+on one Redis Cluster slot. A short request makes exactly two round trips (admit, settle); only
+a request that outlives `lease_heartbeat_s` sends heartbeats.
 
-The limiter returns values (`Decision`, `Settled`) and never imports HTTP: turning a decision
-into a status code and headers happens in `errors.rejection` and `errors.rate_limit_headers`.
+The scripts answer with name/value pairs and this module reads them by name into frozen
+dataclasses (`Decision`, `Settled`, `Beat`); a field added on one side cannot shift the others.
+The limiter never imports HTTP: turning a decision into a status code and headers happens in
+`errors.rejection` and `errors.rate_limit_headers`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.config import EffectivePlan
+from gateway.costs import Usage
+from gateway.keyschema import tenant_keys
 from gateway.scriptconn import Script, ScriptConnection
 
 LimitName = Literal["", "concurrency", "requests", "tokens", "quota"]
 
+__all__ = ["Beat", "Decision", "LimitName", "Limiter", "Settled", "Usage"]
+
 
 def _lua(name: str) -> str:
     return (Path(__file__).with_name("lua") / name).read_text()
+
+
+def _fields(reply: Any) -> dict[bytes, Any]:
+    """A script's flat name/value reply as a dict (names are bytes, as hiredis returns them)."""
+    return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 @dataclass(frozen=True)
@@ -45,144 +62,156 @@ class Decision:
 
 
 @dataclass(frozen=True)
-class Usage:
-    """What one request really consumed, as the backend reported it (or as counted on disconnect)."""
-
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
 class Settled:
     counted: Literal[1, 0, -1]  # 1 metered, 0 not served, -1 request id already metered
     tokens_level: float
     quota_remaining: int  # tokens_per_month - (used + reserved) in the reservation's month, after settle
+    owned: bool  # this settle returned the reservation (False: recovery or a replay got there first)
 
 
-def keys(tenant: str) -> dict[str, str]:
-    tag = "{" + tenant + "}"
-    return {
-        "req": f"rl:{tag}:req",
-        "tok": f"rl:{tag}:tok",
-        "quota": f"quota:{tag}",
-        "lease": f"lease:{tag}",
-        "usage": f"usage:{tag}",
-        "events": f"events:{tag}",
-    }
+@dataclass(frozen=True)
+class Beat:
+    renewed: bool  # False: the request was already settled elsewhere (a survivor recovered it)
+    expires_ms: int
 
 
-def cost_micro_usd(usage: Usage, input_per_million_usd: float, output_per_million_usd: float) -> int:
-    """Price in integer micro-dollars: tokens * $/1e6 tokens * 1e6 micro$/$ = tokens * price."""
-    return round(
-        usage.prompt_tokens * input_per_million_usd + usage.completion_tokens * output_per_million_usd
-    )
+@dataclass(frozen=True)
+class SettleRecord:
+    """Everything settle.lua needs, as plain values: what the spool writes and replays."""
+
+    tenant: str
+    tokens_per_minute: int
+    tokens_per_month: int
+    lease_id: str
+    reserved: int
+    prompt_tokens: int
+    completion_tokens: int
+    served: bool
+    month: str
+    model: str
+    cost_micro: int
+    request_id: str
+    key_id: str
+    latency_ms: float
+    status: int
+    recovered: bool = False
 
 
 class Limiter:
-    """Runs admit.lua and settle.lua for one gateway process."""
+    """Runs admit.lua, heartbeat.lua and settle.lua for one gateway process."""
 
     def __init__(
-        self, conn: ScriptConnection, *, lease_ttl_s: float, settled_ttl_s: int, stream_maxlen: int
+        self,
+        conn: ScriptConnection,
+        *,
+        lease_ttl_s: float,
+        settled_ttl_s: int,
+        stream_maxlen: int,
+        replica_id: str = "",
     ) -> None:
         self._admit = Script(conn, _lua("admit.lua"))
         self._settle = Script(conn, _lua("settle.lua"))
+        self._beat = Script(conn, _lua("heartbeat.lua"))
         self._lease_ms = str(int(lease_ttl_s * 1000))
         self._settled_ttl = str(settled_ttl_s)
         self._maxlen = str(stream_maxlen)
-        self._keys: dict[str, dict[str, str]] = {}
-
-    def _k(self, tenant: str) -> dict[str, str]:
-        k = self._keys.get(tenant)
-        if k is None:
-            k = self._keys[tenant] = keys(tenant)
-        return k
+        self.replica_id = replica_id
 
     async def load(self) -> None:
-        """SCRIPT LOAD both scripts so the first request does not pay for it."""
-        for script in (self._admit, self._settle):
+        """SCRIPT LOAD the scripts so the first request does not pay for it."""
+        for script in (self._admit, self._settle, self._beat):
             await script.load()
 
-    async def admit(self, tenant: str, plan: EffectivePlan, reserve: int, lease_id: str) -> Decision:
-        k = self._k(tenant)
-        r = await self._admit(
-            keys=[k["req"], k["tok"], k["quota"], k["lease"]],
-            args=[
-                plan.requests_per_minute,
-                plan.tokens_per_minute,
-                plan.tokens_per_month,
-                plan.max_concurrent_requests,
-                reserve,
-                lease_id,
-                self._lease_ms,
-            ],
-        )
-        limit = r[1].decode() if isinstance(r[1], bytes) else str(r[1])
-        return Decision(
-            allowed=int(r[0]) == 1,
-            limit=limit,  # type: ignore[arg-type]
-            requests_limit=plan.requests_per_minute,
-            requests_remaining=max(0, int(r[2])),
-            requests_reset_s=float(r[3]),
-            tokens_limit=plan.tokens_per_minute,
-            tokens_remaining=max(0, int(r[4])),
-            tokens_reset_s=float(r[5]),
-            retry_after_s=float(r[6]),
-            limit_value=int(r[7]),
-            used=float(r[8]),
-            requested=float(r[9]),
-            month=r[10].decode() if isinstance(r[10], bytes) else str(r[10]),
-            quota_remaining=plan.tokens_per_month - int(r[11]),
-        )
-
-    async def settle(
+    async def admit(
         self,
-        *,
         tenant: str,
         plan: EffectivePlan,
+        reserve: int,
         lease_id: str,
-        reserved: int,
-        usage: Usage | None,
-        month: str,
-        model: str,
-        cost_micro: int,
-        request_id: str,
-        key_id: str,
-        latency_ms: float,
-        status: int,
-    ) -> Settled:
-        """`usage` None means not served: full refund, nothing metered, the event records the status."""
-        k = self._k(tenant)
-        served = usage is not None
-        r = await self._settle(
-            keys=[
-                k["tok"],
-                k["quota"],
-                k["lease"],
-                f"done:{{{tenant}}}:{request_id}",
-                k["usage"],
-                k["events"],
-            ],
-            args=[
-                lease_id,
-                reserved,
-                usage.prompt_tokens if usage else 0,
-                usage.completion_tokens if usage else 0,
-                1 if served else 0,
-                plan.tokens_per_minute,
-                month,
-                model,
-                cost_micro if served else 0,
-                request_id,
-                key_id,
-                f"{latency_ms:.1f}",
-                status,
-                self._settled_ttl,
-                self._maxlen,
-                tenant,
-            ],
+        *,
+        request_id: str = "",
+        key_id: str = "",
+        model: str = "",
+        prompt_estimate: int = 0,
+    ) -> Decision:
+        k = tenant_keys(tenant)
+        f = _fields(
+            await self._admit(
+                keys=[k.req, k.tok, k.quota, k.lease, k.inflight],
+                args=[
+                    plan.requests_per_minute,
+                    plan.tokens_per_minute,
+                    plan.tokens_per_month,
+                    plan.max_concurrent_requests,
+                    reserve,
+                    lease_id,
+                    self._lease_ms,
+                    request_id,
+                    key_id,
+                    model,
+                    self.replica_id,
+                    prompt_estimate,
+                ],
+            )
+        )
+        return Decision(
+            allowed=int(f[b"allowed"]) == 1,
+            limit=_text(f[b"limit"]),  # type: ignore[arg-type]
+            requests_limit=plan.requests_per_minute,
+            requests_remaining=max(0, int(f[b"requests_remaining"])),
+            requests_reset_s=float(f[b"requests_reset_s"]),
+            tokens_limit=plan.tokens_per_minute,
+            tokens_remaining=max(0, int(f[b"tokens_remaining"])),
+            tokens_reset_s=float(f[b"tokens_reset_s"]),
+            retry_after_s=float(f[b"retry_after_s"]),
+            limit_value=int(f[b"limit_value"]),
+            used=float(f[b"used"]),
+            requested=float(f[b"requested"]),
+            month=_text(f[b"month"]),
+            quota_remaining=plan.tokens_per_month - int(f[b"quota_used"]),
+        )
+
+    async def heartbeat(self, tenant: str, lease_id: str, usage: Usage) -> Beat:
+        """Renew the lease for another TTL and checkpoint the usage so far."""
+        k = tenant_keys(tenant)
+        f = _fields(
+            await self._beat(
+                keys=[k.lease, k.inflight],
+                args=[lease_id, self._lease_ms, usage.prompt_tokens, usage.completion_tokens],
+            )
+        )
+        return Beat(renewed=int(f[b"renewed"]) == 1, expires_ms=int(f[b"expires_ms"]))
+
+    async def settle(self, rec: SettleRecord) -> Settled:
+        """Settle one request; `rec.served` False means full refund, nothing metered."""
+        k = tenant_keys(rec.tenant)
+        f = _fields(
+            await self._settle(
+                keys=[k.tok, k.quota, k.lease, k.done(rec.request_id), k.usage, k.events, k.inflight],
+                args=[
+                    rec.lease_id,
+                    rec.reserved,
+                    rec.prompt_tokens,
+                    rec.completion_tokens,
+                    1 if rec.served else 0,
+                    rec.tokens_per_minute,
+                    rec.month,
+                    rec.model,
+                    rec.cost_micro if rec.served else 0,
+                    rec.request_id,
+                    rec.key_id,
+                    f"{rec.latency_ms:.1f}",
+                    rec.status,
+                    self._settled_ttl,
+                    self._maxlen,
+                    rec.tenant,
+                    1 if rec.recovered else 0,
+                ],
+            )
         )
         return Settled(
-            counted=int(r[0]),  # type: ignore[arg-type]
-            tokens_level=float(r[1]),
-            quota_remaining=plan.tokens_per_month - int(r[2]),
+            counted=int(f[b"counted"]),  # type: ignore[arg-type]
+            tokens_level=float(f[b"tokens_level"]),
+            quota_remaining=rec.tokens_per_month - int(f[b"quota_used"]),
+            owned=int(f[b"owned"]) == 1,
         )

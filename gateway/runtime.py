@@ -2,11 +2,13 @@
 
 Handlers reach them through `runtime(request)`; nothing here exists at import time. It also
 owns the Redis health state: one place records that Redis failed or came back, logs the
-transition once (not once per request) and keeps the `redis_up` gauge true.
+transition once (not once per request) and keeps the `redis_up` gauge true; the transition back
+also wakes the maintenance loop (recovery.py), which replays the settle spool at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -19,9 +21,10 @@ from gateway.config import EffectivePlan, GatewayConfig
 from gateway.fairness import FairQueue
 from gateway.liveplans import LivePlans
 from gateway.metrics import GatewayMetrics
-from gateway.ratelimit import Limiter
+from gateway.ratelimit import Limiter, SettleRecord
 from gateway.routing import BackendPool
 from gateway.settings import GatewaySettings
+from gateway.spool import SettleSpool
 from gateway.upstream import UpstreamClient
 from gateway.versions import LiveVersions
 
@@ -39,7 +42,10 @@ class Runtime:
     upstream: UpstreamClient
     pool: BackendPool
     metrics: GatewayMetrics
+    spool: SettleSpool
+    replica_id: str
     redis_ok: bool = field(default=True)
+    redis_back: asyncio.Event = field(default_factory=asyncio.Event)
     plans: LivePlans = field(init=False)
     versions: LiveVersions = field(init=False)
     queues: dict[str, FairQueue] = field(default_factory=dict)
@@ -55,6 +61,29 @@ class Runtime:
 
     def plan(self, tenant: str) -> EffectivePlan:
         return self.plans.plans[tenant]
+
+    @property
+    def heartbeat_s(self) -> float:
+        """Lease renewal interval: a third of the TTL unless set, so two beats may fail in a row."""
+        return self.settings.lease_heartbeat_s or self.settings.lease_ttl_s / 3
+
+    def spool_settle(self, rec: SettleRecord) -> None:
+        """Keep a settle that Redis did not take on local disk, for replay (never raises)."""
+        try:
+            self.spool.append(rec)
+        except OSError as exc:
+            log.error(
+                "Settle lost: Redis unreachable and the spool cannot be written: tenant=%s request_id=%s "
+                "prompt_tokens=%d completion_tokens=%d error=%s",
+                rec.tenant,
+                rec.request_id,
+                rec.prompt_tokens,
+                rec.completion_tokens,
+                exc,
+            )
+            self.metrics.settles_lost.inc()
+            return
+        self.metrics.settles_spooled.inc()
 
     def redis_failed(self, op: str, exc: BaseException) -> None:
         self.metrics.redis_errors.labels(op).inc()
@@ -72,6 +101,7 @@ class Runtime:
         if not self.redis_ok:
             self.redis_ok = True
             self.metrics.redis_up.set(1)
+            self.redis_back.set()
             log.warning("Redis reachable again, admission and metering resumed.")
 
 

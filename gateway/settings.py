@@ -42,6 +42,24 @@ class GatewaySettings(BaseSettings):
     lease_ttl_s: float = Field(
         default=120.0, description="Concurrency lease expiry; bounds what a crashed replica can leak."
     )
+    lease_heartbeat_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="How often a running request renews its lease and checkpoints its usage "
+        "(default: a third of lease_ttl_s). Requests shorter than this send no heartbeat.",
+    )
+    spool_dir: Path = Field(
+        default=Path(".servelab-spool"),
+        description="Folder of durable settle spools (append + fsync), one file per replica, for "
+        "settles that could not reach Redis; replayed when Redis answers again. A replica also "
+        "replays the unlocked files a dead replica left here (share it between replicas on a host).",
+    )
+    recovery_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often this replica looks for requests of dead replicas to settle from their "
+        "last checkpoint.",
+    )
     settled_ttl_s: int = Field(default=86_400, description="How long a settled request id is remembered.")
     key_cache_ttl_s: float = Field(
         default=30.0, description="Per-process API-key cache TTL; pub/sub revocation is the fast path."

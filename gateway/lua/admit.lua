@@ -2,13 +2,15 @@
 --
 -- Checks, in order, the concurrency lease, the request bucket (rpm), the token bucket (tpm) and
 -- the monthly quota; if all pass it takes one request token, reserves `reserve` tokens from the
--- token bucket and the quota, and adds a lease. If any fails it changes nothing (expired
--- leases are purged either way).
+-- token bucket and the quota, adds a lease and records the request in the in-flight hash (what
+-- a surviving replica needs to settle it if this one dies). If any fails it changes nothing
+-- (expired leases are purged either way).
 --
 -- KEYS[1]  rl:{tenant}:req    hash {t = tokens (float), ts = last update, ms}   request bucket
 -- KEYS[2]  rl:{tenant}:tok    hash {t, ts}                                       token bucket
 -- KEYS[3]  quota:{tenant}     hash {YYYY-MM = tokens used + reserved}           monthly quota
 -- KEYS[4]  lease:{tenant}     zset {lease id -> expiry, ms}                      concurrency
+-- KEYS[5]  inflight:{tenant}  hash {lease id -> json record}                     unsettled requests
 -- ARGV[1]  requests per minute (bucket capacity; refills at rpm/60 per second)
 -- ARGV[2]  tokens per minute (capacity; refills at tpm/60 per second)
 -- ARGV[3]  tokens per month
@@ -16,10 +18,16 @@
 -- ARGV[5]  tokens to reserve: ceil(prompt bytes / 4) + max_tokens
 -- ARGV[6]  lease id (unique per attempt, not the client's request id)
 -- ARGV[7]  lease ttl, ms
+-- ARGV[8]  request id          } stored in the in-flight record with the reservation and month,
+-- ARGV[9]  key id              } so that a survivor can settle the request from the record
+-- ARGV[10] model               } alone (heartbeat.lua adds the running usage to it)
+-- ARGV[11] replica id          }
+-- ARGV[12] prompt token estimate (metered if the replica dies before its first heartbeat)
 --
--- Returns {allowed (1|0), limit ('' | concurrency | requests | tokens | quota),
---          req_remaining, req_reset_s, tok_remaining, tok_reset_s, retry_after_s,
---          limit_value, used, requested, month, quota_used}
+-- Returns name/value pairs (the gateway reads them by name, never by position):
+--   allowed (1|0), limit ('' | concurrency | requests | tokens | quota),
+--   requests_remaining, requests_reset_s, tokens_remaining, tokens_reset_s, retry_after_s,
+--   limit_value, used, requested, month, quota_used
 -- quota_used (integer tokens) is the month's quota hash value after this call, reservation
 -- included when allowed: the gateway turns it into its quota-remaining gauge without another
 -- round trip.
@@ -71,9 +79,11 @@ local used_month = tonumber(redis.call('HGET', KEYS[3], month) or '0')
 local function fmt(x) return string.format('%.3f', x) end
 
 local function deny(limit, retry_s, limit_value, used, requested)
-  return {0, limit, math.floor(req), fmt((rpm - req) / req_rate / 1000),
-          math.floor(tok), fmt((tpm - tok) / tok_rate / 1000), fmt(retry_s),
-          limit_value, fmt(used), fmt(requested), month, used_month}
+  return {'allowed', 0, 'limit', limit,
+          'requests_remaining', math.floor(req), 'requests_reset_s', fmt((rpm - req) / req_rate / 1000),
+          'tokens_remaining', math.floor(tok), 'tokens_reset_s', fmt((tpm - tok) / tok_rate / 1000),
+          'retry_after_s', fmt(retry_s), 'limit_value', limit_value, 'used', fmt(used),
+          'requested', fmt(requested), 'month', month, 'quota_used', used_month}
 end
 
 if in_flight >= max_conc then
@@ -104,7 +114,14 @@ redis.call('PEXPIRE', KEYS[2], math.ceil((tpm - tok) / tok_rate) + 1000)
 redis.call('HINCRBY', KEYS[3], month, reserve)
 redis.call('ZADD', KEYS[4], now + lease_ms, ARGV[6])
 redis.call('PEXPIRE', KEYS[4], lease_ms + 1000)
+-- No TTL on the in-flight hash: its records leave by settle.lua (normal end, spool replay or a
+-- survivor's recovery); expiring them would silently keep their reservations in the quota.
+redis.call('HSET', KEYS[5], ARGV[6], cjson.encode({
+  rid = ARGV[8], key = ARGV[9], model = ARGV[10], replica = ARGV[11], month = month,
+  reserved = reserve, prompt = tonumber(ARGV[12]) or 0, completion = 0, exp = math.floor(now + lease_ms)}))
 
-return {1, '', math.floor(req), fmt((rpm - req) / req_rate / 1000),
-        math.floor(tok), fmt((tpm - tok) / tok_rate / 1000), '0',
-        0, '0', fmt(reserve), month, used_month + reserve}
+return {'allowed', 1, 'limit', '',
+        'requests_remaining', math.floor(req), 'requests_reset_s', fmt((rpm - req) / req_rate / 1000),
+        'tokens_remaining', math.floor(tok), 'tokens_reset_s', fmt((tpm - tok) / tok_rate / 1000),
+        'retry_after_s', '0', 'limit_value', 0, 'used', '0', 'requested', fmt(reserve),
+        'month', month, 'quota_used', used_month + reserve}

@@ -4,12 +4,19 @@
 -- usage to the token bucket and the monthly quota, and meters the usage exactly once per
 -- request id: counters per day/model and one event on the tenant's usage stream.
 --
+-- The in-flight record (written by admit.lua) says who owns the reservation: the first settle
+-- that deletes it returns the unused reservation; a settle that finds it gone (a survivor
+-- already recovered this request, or a replayed spool entry) changes no bucket and no quota.
+-- The gateway that served the request, its spool replay and a survivor's recovery may all try
+-- to settle the same request; only one of them moves the reservation and one meters it.
+--
 -- KEYS[1]  rl:{tenant}:tok       token bucket (same layout as in admit.lua)
 -- KEYS[2]  quota:{tenant}        monthly quota hash
 -- KEYS[3]  lease:{tenant}        concurrency leases
 -- KEYS[4]  done:{tenant}:<rid>   marker: this request id was metered already
 -- KEYS[5]  usage:{tenant}        hash {YYYY-MM-DD|model|requests|prompt_tokens|completion_tokens|cost_micro_usd}
 -- KEYS[6]  events:{tenant}       stream, one entry per settled request
+-- KEYS[7]  inflight:{tenant}     hash {lease id -> json record} (admit.lua)
 -- ARGV[1]  lease id
 -- ARGV[2]  tokens reserved at admission
 -- ARGV[3]  prompt tokens used
@@ -26,9 +33,11 @@
 -- ARGV[14] TTL of the done marker, s
 -- ARGV[15] approximate max length of the usage stream
 -- ARGV[16] tenant
+-- ARGV[17] 1 when a survivor settles a dead replica's request from its last checkpoint, else 0
 --
--- Returns {counted (1 | 0 failed | -1 duplicate request id), token bucket level after,
---          quota_used: tokens used + reserved in the reservation's month after this call}
+-- Returns name/value pairs: counted (1 metered | 0 not served | -1 request id already metered),
+--   tokens_level (token bucket level after), quota_used (tokens used + reserved in the
+--   reservation's month after this call), owned (1 when this call returned the reservation).
 -- quota_used feeds the gateway's quota-remaining gauge; it comes from the HINCRBY that applies
 -- the refund, or from one HGET when the reservation was exact (no refund to apply).
 
@@ -37,6 +46,12 @@ local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local secs = tonumber(t[1])
 
 redis.call('ZREM', KEYS[3], ARGV[1])
+local owned = redis.call('HDEL', KEYS[7], ARGV[1])
+local recovered = ARGV[17] == '1'
+if owned == 0 and recovered then
+  -- Another survivor (or the replica itself, late) settled it first: nothing left to do.
+  return {'counted', -1, 'tokens_level', '0', 'quota_used', 0, 'owned', 0}
+end
 
 local reserved = tonumber(ARGV[2])
 local prompt = tonumber(ARGV[3])
@@ -61,6 +76,10 @@ end
 -- Refund unused reservation (or charge an overrun): the bucket may go negative, which is debt
 -- that the next requests wait out. A missing bucket key has refilled to full and expired.
 local delta = reserved - charge
+if owned == 0 then
+  -- The reservation was settled already (recovery or an earlier replay): leave the limits alone.
+  delta = 0
+end
 local s = redis.call('HMGET', KEYS[1], 't', 'ts')
 local level = tonumber(s[1])
 if level ~= nil then
@@ -102,7 +121,9 @@ if counted ~= -1 then
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[15], '*',
     'request_id', ARGV[10], 'tenant', ARGV[16], 'key_id', ARGV[11], 'model', ARGV[8],
     'prompt_tokens', counted == 1 and prompt or 0, 'completion_tokens', counted == 1 and completion or 0,
-    'cost_micro_usd', counted == 1 and ARGV[9] or 0, 'latency_ms', ARGV[12], 'status', ARGV[13])
+    'cost_micro_usd', counted == 1 and ARGV[9] or 0, 'latency_ms', ARGV[12], 'status', ARGV[13],
+    'recovered', ARGV[17])
 end
 
-return {counted, string.format('%.3f', level), quota_used}
+return {'counted', counted, 'tokens_level', string.format('%.3f', level), 'quota_used', quota_used,
+        'owned', owned}

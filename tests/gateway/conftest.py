@@ -50,11 +50,13 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
 
 
 def _settings(redis_url: str, config_path: Path, **kw: Any) -> GatewaySettings:
+    # Each gateway gets its own spool folder next to its config (never the repo's working dir).
+    spool = config_path.with_name(config_path.stem + "-spool")
     return GatewaySettings(
         config_path=config_path,
         redis_url=redis_url,
         admin_token=ADMIN_TOKEN,
-        **{"lease_ttl_s": 2.0, "upstream_read_timeout_s": 10.0, **kw},
+        **{"lease_ttl_s": 2.0, "upstream_read_timeout_s": 10.0, "spool_dir": spool, **kw},
     )
 
 
@@ -122,7 +124,12 @@ def gateway_proc(
         child = spawn(
             f"gateway-{port}",
             argv,
-            env={"REDIS_URL": env.pop("redis_url", redis_url), "SERVELAB_ADMIN_TOKEN": ADMIN_TOKEN, **env},
+            env={
+                "REDIS_URL": env.pop("redis_url", redis_url),
+                "SERVELAB_ADMIN_TOKEN": ADMIN_TOKEN,
+                "SERVELAB_SPOOL_DIR": str(config_path.with_name(f"spool-{port}")),
+                **env,
+            },
         )
         wait_http_ok(f"http://127.0.0.1:{port}/healthz", timeout_s=20, proc=child.popen)
         handles.append(GatewayHandle(url=f"http://127.0.0.1:{port}", config_path=config_path))

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from gateway.costs import Usage
 from gateway.proxy import _usage_of, _without_usage
-from gateway.ratelimit import Usage
 
 CHUNKS = [
     # vLLM's compact form, with generated text that itself spells `"usage": {`

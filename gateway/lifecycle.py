@@ -1,0 +1,280 @@
+"""One owner per request: what a completion request acquires, one object releases and settles.
+
+An admitted request holds a concurrency lease and a token reservation in Redis, maybe a slot in
+the fair queue, the in-flight gauge, a backend's outstanding count and an open upstream
+response; a long one also runs a heartbeat. `RequestOwner` acquires each of these through its
+own methods, registers the release on an `AsyncExitStack` as it goes, and `finish()` releases
+them all (last acquired first) and then settles exactly once, whichever way the request ends:
+a normal answer, an error before or after the backend, a client disconnect mid-stream, a
+cancellation, or an exception nobody expected. `api.py` opens the owner with `async with` and
+can then read top to bottom without a release on any error path.
+
+The heartbeat is a timer armed at admission, not a task: a request that ends before
+`lease_heartbeat_s` (nearly all of them) never makes a third Redis call. One that runs longer
+renews its lease every interval and checkpoints its running usage in the same call, so that if
+this process dies a survivor can settle the request from the last checkpoint (`recovery.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
+
+from gateway.auth import Principal
+from gateway.config import EffectivePlan, Model
+from gateway.costs import Usage, cost_micro_usd
+from gateway.errors import BackendUnavailable, GatewayError, RedisUnavailable, rate_limit_headers, rejection
+from gateway.fairqueue import QueueFull
+from gateway.metering import micro_to_usd
+from gateway.proxy import UpstreamCall, open_upstream
+from gateway.ratelimit import SettleRecord
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+log = logging.getLogger("gateway.lifecycle")
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What admit.lua granted one request: everything settle needs besides the usage."""
+
+    lease_id: str
+    reserved: int
+    month: str
+    prompt_estimate: int
+
+
+class RequestOwner:
+    """Holds one completion request's resources; `finish()` releases them and settles once."""
+
+    def __init__(self, rt: Runtime, request_id: str) -> None:
+        self.rt = rt
+        self.request_id = request_id
+        self.started = time.perf_counter()
+        self.principal: Principal | None = None
+        self.plan: EffectivePlan | None = None
+        self.model_name = ""
+        self.model: Model | None = None
+        self.admission: Admission | None = None  # None: not admitted, or served fail-open
+        self.entered = False  # past admission (admitted or fail-open): counts in the metrics
+        self.progress: Callable[[], Usage] | None = None  # running usage, read by the heartbeat
+        self._stack = AsyncExitStack()
+        self._finished = False
+        self._beat_timer: asyncio.TimerHandle | None = None
+        self._beat_task: asyncio.Task[None] | None = None
+
+    @property
+    def tenant(self) -> str:
+        return self.principal.tenant if self.principal else ""
+
+    async def __aenter__(self) -> RequestOwner:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._finished:
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            status = 499  # the client went away (the server cancelled the handler)
+        else:
+            status = exc.status if isinstance(exc, GatewayError) else 500
+        # Shielded: a cancelled handler must still release its lease and settle.
+        await asyncio.shield(self.finish(None, status))
+
+    # -- acquiring, in the order a request goes -------------------------------------------------
+    def identify(self, principal: Principal, model_name: str, model: Model, plan: EffectivePlan) -> None:
+        self.principal, self.model_name, self.model, self.plan = principal, model_name, model, plan
+
+    async def admit(self, reserve: int, prompt_estimate: int) -> dict[str, str]:
+        """admit.lua (one round trip): returns the x-ratelimit headers; raises the 429 or 503."""
+        rt, plan, tenant = self.rt, self.plan, self.tenant
+        assert plan is not None and self.principal is not None
+        lease_id = os.urandom(8).hex()
+        try:
+            ta = time.perf_counter()
+            decision = await rt.limiter.admit(
+                tenant,
+                plan,
+                reserve,
+                lease_id,
+                request_id=self.request_id,
+                key_id=self.principal.key_id,
+                model=self.model_name,
+                prompt_estimate=prompt_estimate,
+            )
+            rt.metrics.admission_seconds.observe(time.perf_counter() - ta)
+            rt.redis_answered()
+        except RedisError as exc:
+            rt.redis_failed("admit", exc)
+            if rt.settings.redis_failure_mode == "closed":
+                raise RedisUnavailable("Rate limiting is unavailable: Redis is unreachable.") from None
+            rt.metrics.fail_open.inc()
+            self.entered = True
+            return {}
+        rt.metrics.child(rt.metrics.quota_remaining, tenant).set(decision.quota_remaining)
+        if not decision.allowed:
+            rt.metrics.rate_limited.labels(tenant, decision.limit).inc()
+            rt.metrics.requests.labels(tenant, self.model_name, "429").inc()
+            raise rejection(decision, tenant)
+        self.admission = Admission(lease_id, reserve, decision.month, prompt_estimate)
+        self.entered = True
+        self._beat_timer = asyncio.get_running_loop().call_later(rt.heartbeat_s, self._start_heartbeat)
+        return rate_limit_headers(decision)
+
+    async def wait_for_slot(self, cost: int) -> float:
+        """The fair queue of a saturated model (if it has one); returns the seconds waited."""
+        rt = self.rt
+        queue = rt.queues.get(self.model_name)
+        if queue is None:
+            return 0.0
+        assert self.plan is not None
+        t = time.perf_counter()
+        try:
+            await asyncio.wait_for(
+                queue.acquire(self.tenant, cost, self.plan.fair_share_weight), rt.settings.queue_timeout_s
+            )
+        except (TimeoutError, QueueFull) as exc:
+            raise BackendUnavailable(
+                f"Model {self.model_name!r} is saturated: no backend slot within "
+                f"{rt.settings.queue_timeout_s:g}s ({type(exc).__name__})."
+            ) from None
+        self._stack.callback(queue.release)
+        waited = time.perf_counter() - t
+        rt.metrics.child(rt.metrics.queue_wait_seconds, self.tenant).observe(waited)
+        return waited
+
+    async def open_upstream(self, path: str, body: bytes) -> UpstreamCall:
+        """Route to a backend and POST; the open response is released by `finish()`."""
+        rt = self.rt
+        rt.metrics.in_flight.inc()
+        self._stack.callback(rt.metrics.in_flight.dec)
+        call = await open_upstream(
+            rt.upstream,
+            rt.pool,
+            self.model_name,
+            path,
+            body,
+            self.request_id,
+            lambda b, kind: rt.metrics.backend_errors.labels(b.url, kind).inc(),
+        )
+        self._stack.callback(call.release)
+        return call
+
+    # -- the heartbeat --------------------------------------------------------------------------
+    def _start_heartbeat(self) -> None:
+        self._beat_timer = None
+        if not self._finished:
+            self._beat_task = asyncio.create_task(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        rt, adm = self.rt, self.admission
+        assert adm is not None
+        while not self._finished:
+            usage = self.progress() if self.progress else Usage(adm.prompt_estimate, 0)
+            try:
+                beat = await rt.limiter.heartbeat(self.tenant, adm.lease_id, usage)
+                rt.redis_answered()
+            except RedisError as exc:
+                rt.redis_failed("heartbeat", exc)
+            else:
+                rt.metrics.heartbeats.inc()
+                if not beat.renewed:
+                    log.warning(
+                        "Lease already settled by another replica's recovery; heartbeat stopped: "
+                        "tenant=%s request_id=%s",
+                        self.tenant,
+                        self.request_id,
+                    )
+                    return
+            await asyncio.sleep(rt.heartbeat_s)
+
+    def _stop_heartbeat(self) -> None:
+        if self._beat_timer is not None:
+            self._beat_timer.cancel()
+            self._beat_timer = None
+        if self._beat_task is not None:
+            self._beat_task.cancel()
+            self._beat_task = None
+
+    # -- the end --------------------------------------------------------------------------------
+    async def finish(self, usage: Usage | None, status: int) -> None:
+        """Release everything, then settle (once; later calls do nothing). Never raises.
+
+        `usage` None means nothing was served: the reservation is refunded, nothing is metered.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        self._stop_heartbeat()
+        try:
+            await self._stack.aclose()
+        except Exception:  # a release must not stop the settle: log it, go on
+            log.exception("Releasing a request's resources failed: request_id=%s", self.request_id)
+        if not self.entered:
+            return
+        rt, tenant, model = self.rt, self.tenant, self.model_name
+        m = rt.metrics
+        m.child(m.requests, tenant, model, str(status)).inc()
+        if usage is not None:
+            m.child(m.prompt_tokens, tenant, model).inc(usage.prompt_tokens)
+            m.child(m.completion_tokens, tenant, model).inc(usage.completion_tokens)
+        if self.admission is not None:
+            await self._settle(usage, status)
+
+    async def _settle(self, usage: Usage | None, status: int) -> None:
+        rt, adm, plan, model = self.rt, self.admission, self.plan, self.model
+        assert adm is not None and plan is not None and model is not None and self.principal is not None
+        cost = (
+            cost_micro_usd(usage, model.input_price_per_million_usd, model.output_price_per_million_usd)
+            if usage
+            else 0
+        )
+        rec = SettleRecord(
+            tenant=self.tenant,
+            tokens_per_minute=plan.tokens_per_minute,
+            tokens_per_month=plan.tokens_per_month,
+            lease_id=adm.lease_id,
+            reserved=adm.reserved,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            served=usage is not None,
+            month=adm.month,
+            model=self.model_name,
+            cost_micro=cost,
+            request_id=self.request_id,
+            key_id=self.principal.key_id,
+            latency_ms=(time.perf_counter() - self.started) * 1000,
+            status=status,
+        )
+        await settle_record(rt, rec)
+
+
+async def settle_record(rt: Runtime, rec: SettleRecord) -> None:
+    """Run settle.lua for one record; if Redis cannot be reached, spool it durably. Never raises."""
+    m = rt.metrics
+    try:
+        settled = await rt.limiter.settle(rec)
+        rt.redis_answered()
+    except RedisError as exc:
+        rt.redis_failed("settle", exc)
+        rt.spool_settle(rec)
+        return
+    except Exception:
+        log.exception("Settle failed unexpectedly: tenant=%s request_id=%s", rec.tenant, rec.request_id)
+        rt.spool_settle(rec)
+        return
+    m.child(m.quota_remaining, rec.tenant).set(settled.quota_remaining)
+    if settled.counted == 1:
+        # The same integer settle.lua added to usage:{tenant}, so this agrees with /v1/usage.
+        m.child(m.cost_usd, rec.tenant, rec.model).inc(micro_to_usd(rec.cost_micro))
