@@ -21,7 +21,14 @@ app = typer.Typer(
 
 # Packages that contribute commands. A package whose cli module is not written yet is skipped,
 # so the tool works while the parts land one by one.
-_COMMAND_MODULES = ("servelab.stackcli", "gateway.cli", "server.cli", "loadtest.cli")
+_COMMAND_MODULES = (
+    "servelab.stackcli",
+    "servelab.top",
+    "servelab.scenarios",
+    "gateway.cli",
+    "server.cli",
+    "loadtest.cli",
+)
 
 
 def _register_all() -> None:
