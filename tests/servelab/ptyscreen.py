@@ -17,8 +17,14 @@ import pyte
 
 
 class PtyScreen:
-    def __init__(self, argv: Sequence[str], cols: int = 160, rows: int = 60, env: dict[str, str] | None = None,
-                 cwd: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        argv: Sequence[str],
+        cols: int = 160,
+        rows: int = 60,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> None:
         self.master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         full_env = {
@@ -28,8 +34,9 @@ class PtyScreen:
             "COLUMNS": str(cols),
             "LINES": str(rows),
         }
-        self.proc = subprocess.Popen(list(argv), stdin=slave, stdout=slave, stderr=slave, env=full_env, cwd=cwd,
-                                     start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            list(argv), stdin=slave, stdout=slave, stderr=slave, env=full_env, cwd=cwd, start_new_session=True
+        )
         os.close(slave)
         self.screen = pyte.Screen(cols, rows)
         self.stream = pyte.ByteStream(self.screen)
@@ -66,8 +73,10 @@ class PtyScreen:
                 return text
             if self.proc.poll() is not None:
                 self.pump(0.2)
-                raise AssertionError(f"process exited ({self.proc.returncode}) waiting for {what}:\n{self.text()}\n"
-                                     f"{self.raw[-2000:]!r}")  # fmt: skip
+                raise AssertionError(
+                    f"process exited ({self.proc.returncode}) waiting for {what}:\n{self.text()}\n"
+                    f"{self.raw[-2000:]!r}"
+                )
         raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; screen:\n{self.text()}")
 
     def interrupt(self, timeout_s: float = 10.0) -> int:

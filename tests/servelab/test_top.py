@@ -29,8 +29,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    cfg = StackConfig(state_dir=tmp_path_factory.mktemp("stack"), gateway_port=free_port(),
-                      backend_port=free_port(), ready_timeout_s=90)  # fmt: skip
+    cfg = StackConfig(
+        state_dir=tmp_path_factory.mktemp("stack"),
+        gateway_port=free_port(),
+        backend_port=free_port(),
+        ready_timeout_s=90,
+    )
     with Stack(cfg) as s:
         yield s
 
@@ -68,8 +72,22 @@ def test_top_screen_equals_metrics_over_the_same_window(stack: Stack, tmp_path: 
     info = stack.info
     gw_m, be_m = info["gateway_url"] + "/metrics", info["backend_urls"][0] + "/metrics"
     before_gw, before_be = pp.scrape(gw_m), pp.scrape(be_m)
-    screen = PtyScreen([sys.executable, "-m", "servelab.cli", "top", "--state-dir", str(stack.state),
-                        "--window", "600", "--refresh", "0.5"], cols=170, rows=50)  # fmt: skip
+    screen = PtyScreen(
+        [
+            sys.executable,
+            "-m",
+            "servelab.cli",
+            "top",
+            "--state-dir",
+            str(stack.state),
+            "--window",
+            "600",
+            "--refresh",
+            "0.5",
+        ],
+        cols=170,
+        rows=50,
+    )
     try:
         screen.wait_for(lambda t: _frame(t) >= 1, 60, "the first frame")
 
@@ -78,8 +96,11 @@ def test_top_screen_equals_metrics_over_the_same_window(stack: Stack, tmp_path: 
         def streams() -> None:
             for _ in range(3):
                 out = acme.chat.completions.create(
-                    model=info["model"], messages=[{"role": "user", "content": "tell me a story"}],
-                    max_tokens=24, stream=True)  # fmt: skip
+                    model=info["model"],
+                    messages=[{"role": "user", "content": "tell me a story"}],
+                    max_tokens=24,
+                    stream=True,
+                )
                 for _chunk in out:
                     pass
 
@@ -92,8 +113,9 @@ def test_top_screen_equals_metrics_over_the_same_window(stack: Stack, tmp_path: 
         limited = 0
         for _ in range(9):
             try:
-                tiny.chat.completions.create(model=info["model"], messages=[{"role": "user", "content": "hi"}],
-                                             max_tokens=4)  # fmt: skip
+                tiny.chat.completions.create(
+                    model=info["model"], messages=[{"role": "user", "content": "hi"}], max_tokens=4
+                )
             except openai.RateLimitError:
                 limited += 1
         for w in workers:
@@ -132,7 +154,8 @@ def test_top_screen_equals_metrics_over_the_same_window(stack: Stack, tmp_path: 
             fmt_s(pp.window_quantile(0.95, before_be, after_be, TPOT)),
         ]
         assert be_row[5] != "-"
-        added = f"added latency p50 {fmt_s(pp.window_quantile(0.5, before_gw, after_gw, GW + 'overhead_seconds'))}"
+        p50 = pp.window_quantile(0.5, before_gw, after_gw, GW + "overhead_seconds")
+        added = f"added latency p50 {fmt_s(p50)}"
         assert added in text, [ln for ln in text.splitlines() if "added" in ln]
 
         assert screen.interrupt() == 0, "Ctrl-C should end top cleanly"
