@@ -105,6 +105,39 @@ PROFILES: dict[str, Factors] = {"vllm-v1": V1_FACTORS, "vllm-0.5": VLLM_0_5_FACT
 
 
 @dataclass(frozen=True)
+class FactorRange:
+    """How sure a factor is: a low and a high value it could plausibly take, and why."""
+
+    low: float
+    high: float
+    why: str
+
+
+# The documented uncertainty of each time factor of V1_FACTORS. `servelab capacity` re-sizes the
+# fleet at each end (one factor at a time, then all together) to show how sure its answer is.
+FACTOR_RANGES: dict[str, FactorRange] = {
+    "weight_read": FactorRange(
+        1.2, 1.4,
+        "the reference notes' x1.4 puts P1 at +15%; P1 and P3 pulled it to 1.3 (+8% / -3%); "
+        "1.2 would put P3 at about -10%",
+    ),
+    "kv_read": FactorRange(
+        1.5, 2.3,
+        "the reference notes' x1.9 for scattered 16-token blocks; no published row isolates it",
+    ),
+    "compute": FactorRange(
+        1.4, 2.5,
+        "x1.8 = ~55% MFU is an assumption no published row tests (none is prefill-bound); "
+        "70% to 40% MFU is our guess at a span wide enough to hold the real value, not a measurement",
+    ),
+    "step_overhead_s": FactorRange(
+        0.002, 0.003,
+        "the reference notes give 2-3 ms per V1 step (scheduler, input prep, sampling, graph launch)",
+    ),
+}
+
+
+@dataclass(frozen=True)
 class StepBreakdown:
     """One step's time split into its parts (all seconds); `total_s` is what the engine uses."""
 
