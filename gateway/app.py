@@ -14,6 +14,7 @@ import gc
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from fastapi import FastAPI
@@ -21,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -47,7 +49,7 @@ from gateway.ratelimit import Limiter
 from gateway.rollout import RolloutController
 from gateway.routing import pool_from_config
 from gateway.runtime import Runtime, runtime
-from gateway.scriptconn import ScriptConnection
+from gateway.scriptconn import RedisTarget, ScriptConnection
 from gateway.settings import GatewaySettings
 from gateway.spool import SettleSpool
 from gateway.upstream import UpstreamClient
@@ -56,19 +58,46 @@ from gateway.versions import VERSIONS_CHANNEL
 log = logging.getLogger("gateway")
 
 
-def _redis(settings: GatewaySettings) -> Redis:
-    # A blocking pool waits for a free connection instead of raising once all are busy (the
-    # default pool turns a load spike into 500s). One retry without backoff reconnects a
-    # pooled connection that a Redis restart left dead, so recovery needs no gateway restart.
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_pool_max_connections,
-        timeout=settings.redis_pool_timeout_s,
-        socket_timeout=settings.redis_socket_timeout_s,
-        socket_connect_timeout=settings.redis_connect_timeout_s,
-        retry=Retry(NoBackoff(), 1),
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A Sentinel-managed pool that waits for a free connection, as the direct pool does."""
+
+
+def _redis_clients(settings: GatewaySettings, target: RedisTarget) -> tuple[Redis, Redis, Sentinel | None]:
+    """The pooled client, the pub/sub client and (with Sentinel) the Sentinel manager.
+
+    A blocking pool waits for a free connection instead of raising once all are busy (the
+    default pool turns a load spike into 500s). One retry without backoff reconnects a
+    pooled connection that a Redis restart left dead, so recovery needs no gateway restart;
+    with Sentinel the reconnect asks the Sentinels for the master first, so the same retry
+    follows a failover.
+    """
+    pool_kw: dict[str, Any] = {
+        "max_connections": settings.redis_pool_max_connections,
+        "timeout": settings.redis_pool_timeout_s,
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_connect_timeout_s,
+        "retry": Retry(NoBackoff(), 1),
+    }
+    sub_kw: dict[str, Any] = {"socket_connect_timeout": settings.redis_connect_timeout_s}
+    if not target.sentinels:
+        pool = BlockingConnectionPool.from_url(settings.redis_url, **pool_kw)
+        return Redis(connection_pool=pool), Redis.from_url(settings.redis_url, **sub_kw), None
+    sentinel_kw: dict[str, Any] = {
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_connect_timeout_s,
+        "username": target.sentinel_username,
+        "password": target.sentinel_password,
+    }
+    conn_kw = target.redis_py_kwargs()
+    if target.tls:
+        sentinel_kw.update({k: v for k, v in conn_kw.items() if k.startswith("ssl")})
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kw)
+    assert target.master_name is not None
+    redis = sentinel.master_for(
+        target.master_name, connection_pool_class=_BlockingSentinelPool, **pool_kw, **conn_kw
     )
-    return Redis(connection_pool=pool)
+    subscriber = sentinel.master_for(target.master_name, **sub_kw, **conn_kw)
+    return redis, subscriber, sentinel
 
 
 class GatewayApp:
@@ -136,13 +165,11 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = _redis(settings)
-        subscriber = Redis.from_url(
-            settings.redis_url, socket_connect_timeout=settings.redis_connect_timeout_s
-        )
+        target = RedisTarget.parse(settings.redis_url)
+        redis, subscriber, sentinel = _redis_clients(settings, target)
         metrics = GatewayMetrics()
         scripts = ScriptConnection(
-            settings.redis_url,
+            target,
             connect_timeout_s=settings.redis_connect_timeout_s,
             command_timeout_s=settings.redis_socket_timeout_s,
         )
@@ -198,9 +225,10 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
         # generations so that collections under load only walk per-request garbage.
         gc.freeze()
         log.info(
-            "Gateway ready: tenants=%d models=%d redis_failure_mode=%s",
+            "Gateway ready: tenants=%d models=%d redis=%s redis_failure_mode=%s",
             len(cfg.tenants),
             len(cfg.models),
+            target.redacted,
             settings.redis_failure_mode,
         )
         try:
@@ -222,6 +250,8 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
             await scripts.close()
             await subscriber.aclose()
             await redis.aclose(close_connection_pool=True)
+            if sentinel is not None:
+                await sentinel.aclose()
 
     app = FastAPI(
         title="servelab gateway",

