@@ -7,6 +7,7 @@ session's real redis-server and to real upstreams started by `fast_upstream`.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -138,3 +139,17 @@ def gateway_proc(
     yield _start
     for h in handles:
         h.close()
+
+
+@pytest.fixture
+def truth_upstream(spawn: Callable[..., Child]) -> Callable[..., str]:
+    """Start tests/gateway/truth_upstream.py (own tokenizer, vLLM-like streams, GET /truth)."""
+
+    def _start(itl_ms: float = 0.0) -> str:
+        port = free_port()
+        script = str(Path(__file__).with_name("truth_upstream.py"))
+        child = spawn(f"truth-{port}", [sys.executable, script, "--port", str(port), "--itl-ms", str(itl_ms)])
+        wait_http_ok(f"http://127.0.0.1:{port}/health", timeout_s=20, proc=child.popen)
+        return f"http://127.0.0.1:{port}"
+
+    return _start
