@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint clean compose-up-cpu compose-up-gpu compose-down kind-up kind-down
+.PHONY: demo test install lint clean airgap-test compose-up-cpu compose-up-gpu compose-down kind-up kind-down
 
 # uv through `python -m uv`: a freshly pip-installed uv may not be on PATH yet (pyenv shims).
 $(BIN)/servelab: pyproject.toml
@@ -38,6 +38,11 @@ kind-up:
 	scripts/kind-up.sh
 kind-down:
 	scripts/kind-down.sh
+
+## Air-gapped install end to end: build a wheelhouse (network), then install and smoke-test it
+## inside a network namespace with no network (scripts/airgap-*.sh, docs/onprem.md). ~1-3 min.
+airgap-test: install
+	SERVELAB_AIRGAP_TEST=1 $(BIN)/pytest -q tests/airgap
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs
