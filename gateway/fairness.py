@@ -140,8 +140,18 @@ class FairPolicy:
     charge), `finished` when the backend reports usage (true-up; zero tokens for an unserved one).
     """
 
-    def __init__(self, counters: VirtualTokenCounter | None = None, *, wait_horizon_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        counters: VirtualTokenCounter | None = None,
+        *,
+        wait_horizon_s: float = 10.0,
+        burst_allowance: float = 0.0,
+    ) -> None:
         self.counters = counters or VirtualTokenCounter()
+        # How far below the lowest active counter a returning tenant may stay (weighted tokens).
+        # 0 is the paper's lift; a few requests' worth lets a tenant below its share skip ahead
+        # of a backlog for a short burst, at the price of a looser service-difference bound.
+        self.burst_allowance = burst_allowance
         self._queues: dict[Tier, dict[str, deque[Pending]]] = {t: {} for t in TIERS}
         self._depth = 0
         self._last_min = 0.0  # lowest active counter when the queue last held anything
@@ -174,7 +184,7 @@ class FairPolicy:
         mine = self.counters.value(tenant)
         if self.depth_of(tenant) == 0:  # it would be lifted on arrival (see _push)
             low = self._min_active()
-            mine = max(mine, self._last_min if low is None else low)
+            mine = max(mine, (self._last_min if low is None else low) - self.burst_allowance)
         for tier in TIERS:
             per_tenant = self._queues[tier]
             if tier == share.tier:
@@ -212,7 +222,7 @@ class FairPolicy:
         per_tenant = self._queues[req.share.tier]
         if self.depth_of(req.tenant) == 0:  # becomes active: lift so idle time is not banked
             low = self._min_active()
-            self.counters.lift(req.tenant, self._last_min if low is None else low)
+            self.counters.lift(req.tenant, (self._last_min if low is None else low) - self.burst_allowance)
         per_tenant.setdefault(req.tenant, deque()).append(req)
         self._depth += 1
 
