@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 from server.sim.kvcache import BlockAllocator
 from server.sim.request import Request, Status
-from server.sim.scheduler import Schedule, Scheduler, SchedulerConfig, StepOutcome
+from server.sim.scheduler import Schedule, Scheduler, SchedulerConfig, StepOutcome, admit_tokens
 
 
 @dataclass
@@ -149,7 +149,7 @@ class CohortScheduler(Scheduler):
         if need_total > kv.num_free:
             self._materialise()
             return super().schedule()
-        kv.num_free -= need_total
+        kv.try_allocate(need_total)  # fits (checked above); with prefix caching this evicts in LRU order
         out = CohortSchedule(num_decode=n_dec, decode_ctx_sum=self._ctx_sum)
         prefills, prefill_new = out.prefills, out.prefill_new
         for req, n, need in chunks:
@@ -160,20 +160,18 @@ class CohortScheduler(Scheduler):
 
         # Admission, as the reference does it when nothing was preempted. A waiting request never
         # has computed tokens here (only preemption puts a started request back, and that happens
-        # on the reference path, which resets it), so each admitted request is a prefill.
+        # on the reference path, which resets it), so each admitted request is a prefill. (With prefix
+        # caching, a recomputed request whose cache hits leave one token is a decode to the reference;
+        # both cost models price a 1-token prefill and a decode alike except LinearCost.)
         waiting, running = self.waiting, self.running
         while budget > 0 and len(waiting) > 0 and len(running) < cfg.max_num_seqs:
             head = waiting.peek()
             if head is None:
                 break
-            n = head.prompt_len + head.num_output - head.num_computed
-            if n > budget:
-                n = budget
-            need = -(-(head.num_computed + n) // bs) - head.num_blocks
-            if need > 0 and not kv.try_allocate(need):
+            n = admit_tokens(kv, head, budget)
+            if n == 0:
                 break
             waiting.pop()
-            head.num_blocks += need
             head.status = Status.RUNNING
             running.append(head)
             self._pre.append(head)
@@ -220,8 +218,12 @@ class CohortScheduler(Scheduler):
 
         # Prefill chunks: only the one that reaches the end of the tokens samples (reference rules).
         done_pre = False
+        kv = self.kv
+        caching = kv.caching
         for req, n in zip(sched.prefills, sched.prefill_new, strict=True):
             req.num_computed += n
+            if caching:
+                kv.register(req)
             if req.num_computed < req.prompt_len + req.num_output:
                 continue
             done_pre = True
@@ -261,5 +263,4 @@ class CohortScheduler(Scheduler):
     def _finish_req(self, req: Request, now: float) -> None:
         req.status = Status.FINISHED
         req.finish_s = now
-        self.kv.free(req.num_blocks)
-        req.num_blocks = 0
+        self.kv.release(req)

@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 
 from server.sim.cohort import CohortSchedule, CohortScheduler
 from server.sim.kvcache import BlockAllocator
+from server.sim.prefixcache import PrefixCachingAllocator
 from server.sim.request import Request
 from server.sim.scheduler import Schedule, Scheduler, SchedulerConfig, StepOutcome
 from server.sim.scheduler_v0 import PrefillFirstScheduler
@@ -116,14 +117,18 @@ class Engine:
         *,
         track_emitted: bool = True,
         stepper: Stepper = "reference",
+        prefix_caching: bool = False,
     ) -> None:
         if stepper not in ("fast", "reference"):
             raise ValueError(f"unknown stepper {stepper!r}; expected 'fast' or 'reference'")
         if stepper == "fast" and track_emitted:
             raise ValueError("the fast stepper does not list emitted requests; pass track_emitted=False")
         self.cost = cost
-        self.kv = BlockAllocator(num_blocks, block_size)
         config = config or SchedulerConfig()
+        if prefix_caching and not config.chunked_prefill:
+            raise ValueError("prefix caching is modelled for the chunked-prefill (V1) scheduler only")
+        self.kv = PrefixCachingAllocator(num_blocks, block_size) if prefix_caching \
+            else BlockAllocator(num_blocks, block_size)
         if not config.chunked_prefill:
             stepper = "reference"  # V0's prefill-only steps have no cohort to keep
         self.stepper: Stepper = stepper

@@ -5,10 +5,16 @@ pool sized at start-up from the memory left after the weights. Scheduling only e
 how many blocks a sequence holds and how many are free, so this allocator counts blocks instead of
 keeping a free list of block ids: allocation and release are O(1), which is what lets the offline
 simulator play 100,000 requests in seconds. Prefix caching (sharing blocks between sequences with
-the same prompt prefix) is not modelled; every sequence owns its blocks.
+the same prompt prefix) is `server/sim/prefixcache.py`, a subclass that also names blocks; the
+scheduler reaches both through the same methods, and the hooks cost nothing here.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.sim.request import BlockChain, Request
 
 
 def blocks_for(num_tokens: int, block_size: int) -> int:
@@ -20,6 +26,7 @@ class BlockAllocator:
     """A pool of `num_blocks` KV blocks; callers hold counts, the pool holds the free total."""
 
     __slots__ = ("block_size", "num_blocks", "num_free")
+    caching = False  # True in PrefixCachingAllocator: the scheduler then calls match/take_hits/register
 
     def __init__(self, num_blocks: int, block_size: int = 16) -> None:
         if num_blocks <= 0:
@@ -51,3 +58,26 @@ class BlockAllocator:
         self.num_free += n
         if self.num_free > self.num_blocks:
             raise RuntimeError(f"freed more blocks than allocated ({self.num_free} > {self.num_blocks})")
+
+    def release(self, req: Request) -> None:
+        """Give back all of `req`'s blocks (finish, preemption, abort)."""
+        self.free(req.num_blocks)
+        req.num_blocks = 0
+
+    def match(self, req: Request) -> tuple[int, int]:
+        """(cached leading blocks of `req`, how many of them are free); never any without caching."""
+        return 0, 0
+
+    def match_len(self, chain: BlockChain, limit: int) -> int:
+        """Leading blocks of `chain` cached here (routers ask; nothing is cached without caching)."""
+        return 0
+
+    def take_hits(self, req: Request, hit: int) -> None:
+        """Reference `req`'s first `hit` cached blocks (only called with hit > 0, so never here)."""
+        raise NotImplementedError
+
+    def count_query(self, req: Request, hit: int) -> None:
+        """Count an admitted prompt for the hit rate (only with caching)."""
+
+    def register(self, req: Request) -> None:
+        """Offer `req`'s newly filled blocks to the cache (nothing to do without caching)."""

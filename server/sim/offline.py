@@ -28,8 +28,9 @@ import numpy as np
 
 from server.sim.engine import Engine, Plan, StepCostModel, Stepper
 from server.sim.lengths import LengthDist
-from server.sim.request import Request
-from server.sim.routing import LeastLoaded
+from server.sim.prefixwork import PrefixSpec
+from server.sim.request import BlockChain, Request
+from server.sim.routing import RouterKind, make_router
 from server.sim.scheduler import Policy, SchedulerConfig
 
 PERCENTILES = (50, 95, 99)
@@ -43,6 +44,9 @@ class Workload:
     rate: float | None = None  # requests/s, Poisson; None or inf = all at t=0
     concurrency: int | None = None  # closed-loop cap on outstanding requests
     seed: int = 0
+    # Shared prefixes (server/sim/prefixwork.py): input_len is then each request's own part (the
+    # question, or a chat turn's new user message); the shared context comes on top.
+    prefix: PrefixSpec | None = None
 
     def __post_init__(self) -> None:
         if self.num_requests < 1:
@@ -69,10 +73,25 @@ class Workload:
             "rate": "inf" if self.rate is None or math.isinf(self.rate) else self.rate,
             "concurrency": self.concurrency,
             "seed": self.seed,
+            **({"prefix": self.prefix.describe()} if self.prefix is not None else {}),
         }
+
+    def prepare(
+        self, block_size: int = 16
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[BlockChain] | None]:
+        """`generate()` plus each request's block chain (None without shared prefixes)."""
+        if self.prefix is None:
+            return (*self.generate(), None)
+        rate = None if self.rate is None or math.isinf(self.rate) else self.rate
+        p = self.prefix.prepare(self.num_requests, rate, self.input_dist, self.output_dist, self.seed,
+                                block_size)
+        return p.send_s, p.input_lens, p.output_lens, p.chains
 
     def generate(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(send times, prompt lengths, output lengths), seeded."""
+        if self.prefix is not None:
+            send, ins, outs, _ = self.prepare()
+            return send, ins, outs
         rng = np.random.default_rng(self.seed)
         n = self.num_requests
         ins = self.input_dist.sample(rng, n)
@@ -128,6 +147,7 @@ class SimResult:
     steps: int
     wall_s: float
     inputs: dict[str, object] = field(default_factory=dict)
+    prefix_hit_rate: float = float("nan")  # cached / admitted prompt tokens, with prefix caching on
 
     @property
     def tpot(self) -> np.ndarray:
@@ -179,6 +199,8 @@ class SimResult:
             steps=self.steps,
             wall_s=self.wall_s,
         )
+        if not math.isnan(self.prefix_hit_rate):
+            out["prefix_cache_hit_rate"] = self.prefix_hit_rate
         return out
 
 
@@ -216,6 +238,8 @@ def simulate(
     cost_model: StepCostModel | None = None,
     num_blocks: int | None = None,
     stepper: Stepper = "fast",
+    prefix_caching: bool = False,
+    router: RouterKind = "least-loaded",
 ) -> SimResult:
     """Play `workload` through `replicas` engines and measure it like vLLM's benchmark would.
 
@@ -223,6 +247,8 @@ def simulate(
     the catalog; otherwise the roofline of `model` on `tp` x `gpu` in `dtype` is used.
     `stepper="reference"` updates every request every step (server/sim/scheduler.py); the default
     "fast" keeps decoding requests as a cohort (server/sim/cohort.py) with the same results.
+    `prefix_caching` turns on vLLM's automatic prefix caching in every replica
+    (server/sim/prefixcache.py); `router` picks the cluster routing policy (server/sim/routing.py).
     """
     wall0 = time.perf_counter()
     if replicas < 1:
@@ -245,14 +271,15 @@ def simulate(
         blocks = num_blocks
     inputs.update(replicas=replicas, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                   policy=policy, chunked_prefill=chunked_prefill, block_size=block_size,
-                  kv_blocks_per_replica=blocks, stepper=stepper)
+                  kv_blocks_per_replica=blocks, stepper=stepper, prefix_caching=prefix_caching,
+                  router=router)
 
     cfg = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                           policy=policy, chunked_prefill=chunked_prefill)
-    engines = [Engine(cost_model, blocks, cfg, block_size, track_emitted=False, stepper=stepper)
-               for _ in range(replicas)]
-    router = LeastLoaded(engines)
-    send_times, in_lens, out_lens = workload.generate()
+    engines = [Engine(cost_model, blocks, cfg, block_size, track_emitted=False, stepper=stepper,
+                      prefix_caching=prefix_caching) for _ in range(replicas)]
+    route = make_router(router, engines)
+    send_times, in_lens, out_lens, chains = workload.prepare(block_size)
     n = workload.num_requests
     send = send_times.tolist()
     ins = in_lens.tolist()
@@ -295,12 +322,14 @@ def simulate(
                     e2e[i] = req.finish_s - req.arrival_s
                 done += len(out.finished)
                 outstanding -= len(out.finished)
-                router.changed(r)
+                route.changed(r)
         # 2. send what is due, each to the least-loaded replica
         while next_i < n and send[next_i] <= t and outstanding < cap:
-            r = router.pick()
-            engines[r].add(Request(str(next_i), ins[next_i], outs[next_i], arrival_s=t))
-            router.changed(r)
+            req_ = Request(str(next_i), ins[next_i], outs[next_i], arrival_s=t,
+                           blocks=None if chains is None else chains[next_i])
+            r = route.pick(req_)
+            engines[r].add(req_)
+            route.changed(r)
             touched.append(r)
             sent_at[next_i] = t
             next_i += 1
@@ -340,7 +369,14 @@ def simulate(
         steps=sum(e.num_steps for e in engines),
         wall_s=time.perf_counter() - wall0,
         inputs=inputs,
+        prefix_hit_rate=_hit_rate(engines) if prefix_caching else float("nan"),
     )
+
+
+def _hit_rate(engines: list[Engine]) -> float:
+    queries = sum(getattr(e.kv, "query_tokens", 0) for e in engines)
+    hits = sum(getattr(e.kv, "hit_tokens", 0) for e in engines)
+    return hits / queries if queries else 0.0
 
 
 __all__ = ["LengthDist", "SimResult", "Workload", "simulate", "weighted_percentiles"]

@@ -10,6 +10,7 @@ computed tokens catch up with its tokens it samples one more token.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -22,18 +23,43 @@ class Status(IntEnum):
     ABORTED = 4
 
 
+@dataclass(frozen=True, slots=True)
+class BlockChain:
+    """The content of a request's token blocks, as ids, without storing one id per block.
+
+    vLLM names a full KV block by the hash of its tokens chained with its parent block's hash, so two
+    requests share block b only if their first b+1 blocks hold the same tokens. A simulated request
+    has no tokens; it has a shared part (a system prompt, a document, or a conversation so far:
+    `shared_key`, its first `num_shared` blocks) followed by its own blocks (`own_key`). Block b's
+    id is `key << 24 | b`, which is unique per (content, position) and so has the chain property.
+    `num_blocks` counts the full blocks of prompt + output (a partial last block is never cached).
+    """
+
+    shared_key: int
+    num_shared: int
+    own_key: int
+    num_blocks: int
+
+    def block_id(self, b: int) -> int:
+        return ((self.shared_key if b < self.num_shared else self.own_key) << 24) | b
+
+
 class Request:
     """A request as the engine sees it. Times are seconds on the engine's clock."""
 
     __slots__ = (
         "arrival_s",
+        "blocks",
+        "cached_hashes",
         "finish_reason",
         "finish_s",
         "first_token_s",
         "last_token_s",
         "max_tokens",
         "num_blocks",
+        "num_cached_tokens",
         "num_computed",
+        "num_hashed",
         "num_output",
         "num_preemptions",
         "output_target",
@@ -56,6 +82,7 @@ class Request:
         stop_len: int | None = None,
         priority: int = 0,
         watcher: Any = None,
+        blocks: BlockChain | None = None,
     ) -> None:
         if prompt_len < 1:
             raise ValueError("a request needs at least one prompt token")
@@ -80,6 +107,13 @@ class Request:
         self.first_token_s = -1.0
         self.last_token_s = -1.0
         self.finish_s = -1.0
+        # Prefix caching (server/sim/prefixcache.py): the content ids of this request's full blocks,
+        # the ids of the cached blocks it holds a reference to, how many of its full blocks have been
+        # offered to the cache, and how many prompt tokens its first admission found cached.
+        self.blocks = blocks
+        self.cached_hashes: list[int] = []
+        self.num_hashed = 0
+        self.num_cached_tokens = 0
         # Whoever waits for this request's tokens (the real-time server keeps an asyncio.Event here).
         self.watcher = watcher
 

@@ -191,8 +191,7 @@ class Scheduler:
             self.running.remove(req)
         else:
             self.waiting.forget(req)
-        self.kv.free(req.num_blocks)
-        req.num_blocks = 0
+        self.kv.release(req)
         req.status = Status.ABORTED
         return True
 
@@ -210,8 +209,7 @@ class Scheduler:
     # -- one step ---------------------------------------------------------------------------------
 
     def _preempt(self, victim: Request) -> None:
-        self.kv.free(victim.num_blocks)
-        victim.num_blocks = 0
+        self.kv.release(victim)  # with prefix caching its full blocks stay cached for the recompute
         victim.num_computed = 0
         victim.status = Status.PREEMPTED
         victim.num_preemptions += 1
@@ -282,14 +280,10 @@ class Scheduler:
                 head = waiting.peek()
                 if head is None:
                     break
-                n = head.prompt_len + head.num_output - head.num_computed
-                if n > budget:
-                    n = budget
-                need = -(-(head.num_computed + n) // bs) - head.num_blocks
-                if need > 0 and not kv.try_allocate(need):
+                n = admit_tokens(kv, head, budget)
+                if n == 0:
                     break
                 waiting.pop()
-                head.num_blocks += need
                 head.status = Status.RUNNING
                 running.append(head)
                 out.admitted.append(head)
@@ -335,10 +329,13 @@ class Scheduler:
         if track_emitted:
             emitted.extend(r for r in sched.decodes if r.last_token_s == now)
         # Prefill chunks: only the one that reaches the end of the tokens samples.
+        caching = self.kv.caching
         for req, n in zip(sched.prefills, sched.prefill_new, strict=True):
             if req.status != running_:
                 continue
             req.num_computed += n
+            if caching:
+                self.kv.register(req)
             if req.num_computed < req.prompt_len + req.num_output:
                 continue
             if req.num_output == 0:
@@ -370,8 +367,38 @@ class Scheduler:
     def _finish(self, req: Request, now: float) -> None:
         req.status = Status.FINISHED
         req.finish_s = now
-        self.kv.free(req.num_blocks)
-        req.num_blocks = 0
+        self.kv.release(req)
+
+
+def admit_tokens(kv: BlockAllocator, head: Request, budget: int) -> int:
+    """Take the blocks for `head`'s first step out of the waiting queue; its token count, 0 if none fit.
+
+    With prefix caching a request that has computed nothing yet first looks up its leading blocks:
+    the hits become its computed prefix (vLLM's `get_computed_blocks`), and only the rest is
+    scheduled. Nothing is taken when the revived hits plus the new blocks do not fit.
+    """
+    bs = kv.block_size
+    c = head.num_computed
+    hit = revive = 0
+    if kv.caching and c == 0:
+        hit, revive = kv.match(head)
+        c = hit * bs
+    n = head.prompt_len + head.num_output - c
+    if n > budget:
+        n = budget
+    need = -(-(c + n) // bs) - (hit if hit else head.num_blocks)
+    if need + revive > kv.num_free:
+        return 0
+    if kv.caching and head.num_computed == 0:
+        if hit:
+            kv.take_hits(head, hit)
+        if head.num_preemptions == 0:
+            head.num_cached_tokens = min(hit * bs, head.prompt_len)
+            kv.count_query(head, hit)
+    if need > 0:
+        kv.try_allocate(need)
+        head.num_blocks += need
+    return n
 
 
 def _priority_key(r: Request) -> tuple[int, float, int]:
