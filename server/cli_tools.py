@@ -306,7 +306,7 @@ def presets_list() -> None:
     from server.presets import PRESETS
 
     table = Table()
-    for col in ("name", "model", "gpu", "tp", "dtype", "EP", "max seqs", "max len"):
+    for col in ("name", "model", "gpu", "tp", "dtype", "EP", "max seqs", "max len", "speculative"):
         table.add_column(col)
     for p in PRESETS.values():
         table.add_row(
@@ -318,8 +318,11 @@ def presets_list() -> None:
             "yes" if p.enable_expert_parallel else "no",
             str(p.max_num_seqs),
             str(p.max_model_len),
+            "-" if p.speculative is None else
+            f"{p.speculative.method} k={p.speculative.num_speculative_tokens}"
+            + (f" ({p.speculative.draft_model})" if p.speculative.draft_model else ""),
         )
-    Console(width=120).print(table)
+    Console(width=140).print(table)
     for p in PRESETS.values():
         typer.echo(f"{p.name}: {p.description}")
 

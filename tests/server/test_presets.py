@@ -195,3 +195,16 @@ def test_servelab_serve_engine_vllm_dry_run_prints_the_exact_command() -> None:
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.strip() == dry_run(LaunchOptions(preset="mixtral-8x7b-bf16-tp2", port=8555))
     assert out.startswith("vllm serve mistralai/Mixtral-8x7B-Instruct-v0.1 --served-model-name mixtral-8x7b")
+
+
+def test_speculative_presets_render_vllm_speculative_config() -> None:
+    ngram = preset("mixtral-8x22b-fp8-tp4-ngram").vllm_args()
+    assert ngram[-2:] == ["--speculative-config",
+                          '{"method":"ngram","num_speculative_tokens":4,"prompt_lookup_max":4}']
+    draft = preset("mixtral-8x22b-fp8-tp4-draft").vllm_args()
+    cfg = json.loads(draft[draft.index("--speculative-config") + 1])
+    assert cfg == {"method": "draft_model", "model": "mistralai/Mistral-7B-Instruct-v0.3",
+                   "num_speculative_tokens": 4}
+    # the draft must share the target's vocabulary for vLLM's rejection sampler
+    assert model("mistral-7b").vocab_size == model("mixtral-8x22b").vocab_size
+    assert "--speculative-config" not in preset("mixtral-8x22b-fp8-tp4").vllm_args()
