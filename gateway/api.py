@@ -44,7 +44,9 @@ from gateway.errors import (
 from gateway.lifecycle import RequestOwner
 from gateway.metering import tenant_usage
 from gateway.proxy import StreamProxy, UpstreamCall, forwardable_headers, read_json
+from gateway.routing import Route
 from gateway.runtime import Runtime, runtime
+from gateway.versions import STICKY_HEADER, VERSION_HEADER, UnknownVersion, sticky_id
 from gateway.wire import ProxyRequest, parse_request
 
 log = logging.getLogger("gateway.api")
@@ -151,12 +153,24 @@ async def _completions(
     allowed = rt.config.tenants[tenant].models
     if allowed != "*" and preq.model not in allowed:
         raise ModelNotAllowed(f"Tenant {tenant!r} may not use model {preq.model!r}.", param="model")
+    # Which version of the alias, sticky per conversation (versions.py); `model` becomes that
+    # version's view (its backends and upstream id). The route also carries the tenant's regions.
+    conversation, pick = headers.get(STICKY_HEADER), headers.get(VERSION_HEADER)
+    sid = sticky_id(
+        conversation.decode("latin-1") if conversation else None, preq.body.get("user"), principal.key_id
+    )
+    try:
+        assigned = rt.versions.assign(tenant, preq.model, sid, pick.decode("latin-1") if pick else None)
+    except UnknownVersion as exc:
+        raise InvalidRequest(str(exc), param="x-servelab-version", code="unknown_model_version") from None
+    model = assigned.model
+    req.route = Route(preq.model, assigned.version, rt.versions.regions[tenant])
     plan = rt.plan(tenant)
     req.identify(principal, preq.model, model, plan)
     up_body, max_tokens = _upstream_body(raw, preq, plan, model)
     reserve = preq.prompt_tokens_estimate + max_tokens
 
-    out_headers = {"x-request-id": req.request_id}
+    out_headers = {"x-request-id": req.request_id, "x-servelab-version": assigned.version}
     out_headers.update(await req.admit(reserve, preq.prompt_tokens_estimate))
     waited = await req.wait_for_slot(reserve)
     t_up = time.perf_counter()
@@ -196,11 +210,15 @@ def _stream(
         end = time.perf_counter()
         rt.metrics.child(rt.metrics.e2e_seconds, preq.model).observe(end - req.started)
         if first_token_at is not None:
+            version = req.route.version if req.route else ""
             rt.metrics.ttft_seconds.labels(preq.model).observe(first_token_at - req.started)
+            rt.metrics.child(rt.metrics.version_ttft_seconds, preq.model, version).observe(
+                first_token_at - req.started
+            )
             if usage.completion_tokens > 1:
-                rt.metrics.tpot_seconds.labels(preq.model).observe(
-                    (end - first_token_at) / (usage.completion_tokens - 1)
-                )
+                tpot = (end - first_token_at) / (usage.completion_tokens - 1)
+                rt.metrics.tpot_seconds.labels(preq.model).observe(tpot)
+                rt.metrics.child(rt.metrics.version_tpot_seconds, preq.model, version).observe(tpot)
 
     out = forwardable_headers(call.response.headers)
     out.update(headers)

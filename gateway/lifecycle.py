@@ -37,6 +37,7 @@ from gateway.fairqueue import QueueFull
 from gateway.metering import micro_to_usd
 from gateway.proxy import UpstreamCall, open_upstream
 from gateway.ratelimit import SettleRecord
+from gateway.routing import Route
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -68,6 +69,8 @@ class RequestOwner:
         self.admission: Admission | None = None  # None: not admitted, or served fail-open
         self.entered = False  # past admission (admitted or fail-open): counts in the metrics
         self.progress: Callable[[], Usage] | None = None  # running usage, read by the heartbeat
+        self.route: Route | None = None  # version and allowed regions (versions.py, routing.py)
+        self.region = ""  # region of the backend reached, for metrics and the usage event
         self._stack = AsyncExitStack()
         self._finished = False
         self._beat_timer: asyncio.TimerHandle | None = None
@@ -167,7 +170,9 @@ class RequestOwner:
             body,
             self.request_id,
             lambda b, kind: rt.metrics.backend_errors.labels(b.url, kind).inc(),
+            self.route,
         )
+        self.region = call.backend.region or ""
         self._stack.callback(call.release)
         return call
 
@@ -226,6 +231,8 @@ class RequestOwner:
         rt, tenant, model = self.rt, self.tenant, self.model_name
         m = rt.metrics
         m.child(m.requests, tenant, model, str(status)).inc()
+        if self.route is not None:
+            m.child(m.version_requests, model, self.route.version, self.region, str(status)).inc()
         if usage is not None:
             m.child(m.prompt_tokens, tenant, model).inc(usage.prompt_tokens)
             m.child(m.completion_tokens, tenant, model).inc(usage.completion_tokens)
@@ -256,6 +263,8 @@ class RequestOwner:
             key_id=self.principal.key_id,
             latency_ms=(time.perf_counter() - self.started) * 1000,
             status=status,
+            version=self.route.version if self.route else "",
+            region=self.region,
         )
         await settle_record(rt, rec)
 

@@ -30,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.costs import Usage
 from gateway.errors import BackendError, BackendRejected, BackendTimeout, BackendUnavailable, GatewayError
-from gateway.routing import Backend, BackendPool
+from gateway.routing import Backend, BackendPool, Route
 from gateway.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 
 # RFC 9110 7.6.1 hop-by-hop headers, plus those the gateway's own server sets. Content-Encoding
@@ -94,12 +94,17 @@ async def open_upstream(
     body: bytes,
     request_id: str,
     on_error: Callable[[Backend, str], None],
+    route: Route | None = None,
 ) -> UpstreamCall:
-    """POST to the least loaded backend; a refused connection is retried once on another one."""
+    """POST to the least loaded backend; a refused connection is retried once on another one.
+
+    With a `route`, only its version's backends inside its regions are candidates; a
+    region-restricted route whose last candidate refused ends in NoBackendInRegion (routing.py).
+    """
     headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
     tried: Backend | None = None
     for _attempt in range(2):
-        backend = pool.pick(model, exclude=tried)
+        backend = pool.pick_route(route, exclude=tried) if route else pool.pick(model, exclude=tried)
         backend.outstanding += 1
         started = time.perf_counter()
         try:
@@ -109,7 +114,8 @@ async def open_upstream(
             on_error(backend, exc.kind)
             if exc.kind == "connect":
                 pool.mark_down(backend)
-                if tried is None and len(pool.by_model[model]) > 1:
+                others = len(pool.candidates(route)) > 1 if route else len(pool.by_model[model]) > 1
+                if tried is None and (others or (route is not None and route.regions is not None)):
                     tried = backend
                     continue
                 raise BackendUnavailable(f"Backend for model {model!r} is unreachable: {exc}.") from None

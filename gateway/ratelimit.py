@@ -95,6 +95,8 @@ class SettleRecord:
     latency_ms: float
     status: int
     recovered: bool = False
+    version: str = ""  # model version that served it (versions.py); '' when unknown
+    region: str = ""  # region of the backend reached (routing.py); '' when none or unplaced
 
 
 class Limiter:
@@ -206,6 +208,8 @@ class Limiter:
                     self._maxlen,
                     rec.tenant,
                     1 if rec.recovered else 0,
+                    rec.version,
+                    rec.region,
                 ],
             )
         )

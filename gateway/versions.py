@@ -108,6 +108,10 @@ class LiveVersions:
                     }
                 )
         self.weights: dict[str, Weights] = dict(self._base)
+        # Per tenant, the regions its requests may be served in (None: anywhere), built once.
+        self.regions: dict[str, frozenset[str] | None] = {
+            t: None if spec.regions == "*" else frozenset(spec.regions) for t, spec in config.tenants.items()
+        }
         self.overridden: set[str] = set()
 
     def versions(self, model: str) -> list[str]:

@@ -34,6 +34,8 @@
 -- ARGV[15] approximate max length of the usage stream
 -- ARGV[16] tenant
 -- ARGV[17] 1 when a survivor settles a dead replica's request from its last checkpoint, else 0
+-- ARGV[18] model version that served the request ('' when unknown, e.g. recovered)
+-- ARGV[19] region of the backend that served it ('' when none was reached or it has no region)
 --
 -- Returns name/value pairs: counted (1 metered | 0 not served | -1 request id already metered),
 --   tokens_level (token bucket level after), quota_used (tokens used + reserved in the
@@ -122,7 +124,7 @@ if counted ~= -1 then
     'request_id', ARGV[10], 'tenant', ARGV[16], 'key_id', ARGV[11], 'model', ARGV[8],
     'prompt_tokens', counted == 1 and prompt or 0, 'completion_tokens', counted == 1 and completion or 0,
     'cost_micro_usd', counted == 1 and ARGV[9] or 0, 'latency_ms', ARGV[12], 'status', ARGV[13],
-    'recovered', ARGV[17])
+    'recovered', ARGV[17], 'version', ARGV[18] or '', 'region', ARGV[19] or '')
 end
 
 return {'counted', counted, 'tokens_level', string.format('%.3f', level), 'quota_used', quota_used,
