@@ -43,6 +43,13 @@ class Plan(_Strict):
     default_max_tokens: PositiveInt = Field(
         default=256, description="max_tokens applied (and reserved) when a request does not set it."
     )
+    tier: Literal["interactive", "standard", "batch"] = Field(
+        default="standard", description="Strict priority tier in the fair queue; sent to vLLM as `priority`."
+    )
+    sheddable: bool = Field(default=False, description="Refused at once (429) when saturated.")
+    max_queue_s: float | None = Field(
+        default=None, gt=0, description="Longest wait in the fair queue (None: queue_timeout_s)."
+    )
 
 
 class PlanOverrides(_Strict):
@@ -52,6 +59,9 @@ class PlanOverrides(_Strict):
     max_concurrent_requests: PositiveInt | None = None
     fair_share_weight: float | None = Field(default=None, gt=0)
     default_max_tokens: PositiveInt | None = None
+    tier: Literal["interactive", "standard", "batch"] | None = None
+    sheddable: bool | None = None
+    max_queue_s: float | None = Field(default=None, gt=0)
 
 
 class PromptLogging(_Strict):
@@ -99,6 +109,22 @@ class ModelVersion(_Strict):
         return _backend_urls(value)
 
 
+class Fairness(_Strict):
+    """When a model counts as saturated, from its backends' /metrics (gateway/saturation.py)."""
+
+    max_num_seqs: PositiveInt = Field(description="The engines' max_num_seqs (runs at once).")
+    max_waiting: int = Field(default=0, ge=0, description="Waiting in an engine when saturated.")
+    max_kv_usage: float = Field(default=0.95, gt=0, le=1, description="KV usage when saturated.")
+    gateway_replicas: PositiveInt = Field(default=1, description="Replicas sharing the backends.")
+    scrape_interval_s: float = Field(default=0.5, gt=0, description="Scrape period (staleness).")
+    burst_tokens: float = Field(
+        default=8192, ge=0, description="Weighted tokens a returning tenant may stay below the lowest."
+    )
+    engine_priority: bool = Field(
+        default=False, description="Send the tier as vLLM's `priority` (--scheduling-policy priority)."
+    )
+
+
 class Model(_Strict):
     backends: list[str] = Field(
         min_length=1,
@@ -110,6 +136,9 @@ class Model(_Strict):
     max_in_flight_per_backend: PositiveInt | None = Field(
         default=None,
         description="Requests per backend beyond which requests wait in the fair queue (None: no queue).",
+    )
+    fairness: Fairness | None = Field(
+        default=None, description="Saturation detection from the backends' metrics (gateway/saturation.py)."
     )
     continuous_usage_stats: bool = Field(
         default=False, description="Backend is vLLM-like and supports stream_options.continuous_usage_stats."
@@ -214,6 +243,9 @@ class EffectivePlan:
     max_concurrent_requests: int
     fair_share_weight: float
     default_max_tokens: int
+    tier: Literal["interactive", "standard", "batch"] = "standard"
+    sheddable: bool = False
+    max_queue_s: float | None = None
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
