@@ -160,9 +160,8 @@ class CohortScheduler(Scheduler):
 
         # Admission, as the reference does it when nothing was preempted. A waiting request never
         # has computed tokens here (only preemption puts a started request back, and that happens
-        # on the reference path, which resets it), so each admitted request is a prefill. (With prefix
-        # caching, a recomputed request whose cache hits leave one token is a decode to the reference;
-        # both cost models price a 1-token prefill and a decode alike except LinearCost.)
+        # on the reference path, which resets it), so an admitted request is a prefill, unless prefix
+        # caching left a recomputed request one token short: that is a decode, listed on its own.
         waiting, running = self.waiting, self.running
         while budget > 0 and len(waiting) > 0 and len(running) < cfg.max_num_seqs:
             head = waiting.peek()
@@ -174,10 +173,15 @@ class CohortScheduler(Scheduler):
             waiting.pop()
             head.status = Status.RUNNING
             running.append(head)
-            self._pre.append(head)
             out.admitted.append(head)
-            prefills.append(head)
-            prefill_new.append(n)
+            if n == 1 and head.num_output > 0:  # cache hits left one token: a decode, as the reference has it
+                out.decodes.append(head)
+                out.num_decode += 1
+                out.decode_ctx_sum += head.num_computed
+            else:
+                self._pre.append(head)
+                prefills.append(head)
+                prefill_new.append(n)
             budget -= n
         return out
 
@@ -195,7 +199,7 @@ class CohortScheduler(Scheduler):
         finished: list[Request] = []
         gaps: dict[float, int] = {}
         prev = self._last_end
-        n_dec = sched.num_decode
+        n_dec = sched.num_decode - len(sched.decodes)  # the cohort; sched.decodes are admitted decodes
         same = n_dec  # every cohort member got its previous token at the previous step end
         n_emitted = n_dec
         self._ctx_sum += n_dec
@@ -216,17 +220,20 @@ class CohortScheduler(Scheduler):
             self._finish_req(req, now)
             finished.append(req)
 
-        # Prefill chunks: only the one that reaches the end of the tokens samples (reference rules).
+        # Admitted decodes, then prefill chunks: only the chunk that reaches the end of the tokens
+        # samples (reference rules). Both join the cohort unless they are done.
         done_pre = False
         kv = self.kv
         caching = kv.caching
-        for req, n in zip(sched.prefills, sched.prefill_new, strict=True):
+        steps = [(req, 1, True) for req in sched.decodes]
+        steps += [(req, n, False) for req, n in zip(sched.prefills, sched.prefill_new, strict=True)]
+        for req, n, is_decode in steps:
             req.num_computed += n
-            if caching:
+            if caching and not is_decode:
                 kv.register(req)
             if req.num_computed < req.prompt_len + req.num_output:
                 continue
-            done_pre = True
+            done_pre = done_pre or not is_decode
             if req.num_output == 0:
                 req.first_token_s = now
                 first.append(req)
