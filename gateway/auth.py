@@ -6,7 +6,14 @@ Each process therefore caches digest -> (tenant, key id). A revocation deletes t
 PUBLISHes it on `servelab:keys:revoked`; every replica's subscriber drops it from its cache at
 once (milliseconds, well under the 1 s promise; see broadcast.py). The cache TTL is the backstop for a replica
 that missed a message, and a subscriber that loses its connection clears the whole cache when
-it gets back, since it cannot know what it missed. A miss costs one HGETALL, once per key.
+it gets back, since it cannot know what it missed. A miss costs one HMGET, once per key.
+
+A cold lookup can race a revocation: its HMGET runs in Redis before the DEL, the revocation's
+message is handled here while the reply is still on its way, and the reply would then cache a
+revoked key for the whole TTL. So the cache has an epoch that every revocation message (and
+every resync) advances; a lookup caches its answer only if the epoch did not move while it was
+waiting. The DEL precedes the PUBLISH on one connection, so a lookup that starts after the
+message was handled cannot see the key, and one that started before it is not cached.
 
 Redis layout:
     key:<sha256 hex>       hash {tenant, key_id}                       the lookup
@@ -61,6 +68,7 @@ class KeyStore:
         self._redis = redis
         self._ttl = cache_ttl_s
         self._cache: dict[str, tuple[Principal, float]] = {}
+        self._epoch = 0  # advanced by every revocation message and resync (see the module docstring)
 
     # -- admin side ---------------------------------------------------------------------------
     async def create(self, tenant: str, name: str = "") -> tuple[str, KeyRecord]:
@@ -105,7 +113,7 @@ class KeyStore:
         pipe.hset(f"keys:{{{tenant}}}", key_id, json.dumps({**data, "digest": d}))
         pipe.publish(REVOKED_CHANNEL, d)
         await pipe.execute()
-        self._cache.pop(d, None)
+        self.forget(d)
         log.info("API key revoked: tenant=%s key_id=%s", tenant, key_id)
         return KeyRecord(**data)
 
@@ -120,6 +128,7 @@ class KeyStore:
         now = time.monotonic()
         if hit is not None and hit[1] > now:
             return hit[0]
+        epoch = self._epoch
         fields: list[bytes | None] = await self._redis.hmget(  # type: ignore[assignment]
             f"key:{d}", "tenant", "key_id"
         )
@@ -127,7 +136,8 @@ class KeyStore:
             self._cache.pop(d, None)
             raise AuthenticationFailed("Incorrect or revoked API key.")
         principal = Principal(tenant=fields[0].decode(), key_id=fields[1].decode())
-        self._cache[d] = (principal, now + self._ttl)
+        if epoch == self._epoch:  # no revocation arrived while we waited: the answer may be kept
+            self._cache[d] = (principal, now + self._ttl)
         return principal
 
     async def on_revoked(self, d: str) -> None:
@@ -139,6 +149,7 @@ class KeyStore:
         self.forget()
 
     def forget(self, d: str | None = None) -> None:
+        self._epoch += 1
         if d is None:
             self._cache.clear()
         else:
