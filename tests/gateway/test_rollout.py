@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import yaml
 from gwkit import GatewayHandle, plan
@@ -113,3 +114,149 @@ def test_bad_rollout_requests_are_refused_with_a_reason(
         r = c.post("/admin/v1/rollouts", json={"model": "fast", "canary": "v2", **bad})
     assert r.status_code in (400, 422), r.text
     assert r.json()["error"]["message"]
+
+
+def _served(url: str) -> int:
+    import httpx
+
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return int(
+        next(line.split()[1] for line in text.splitlines() if line.startswith("upstream_requests_total"))
+    )
+
+
+MSG = [{"role": "user", "content": "hello"}]
+
+
+def test_live_assignment_is_sticky_per_conversation_and_routes_to_the_versions_backends(
+    tmp_path: Path, fast_upstream: Callable[..., str], gateway: Callable[..., GatewayHandle]
+) -> None:
+    u1, u2 = fast_upstream(), fast_upstream()
+    cfg = versions_config(tmp_path, [u1], [u2])
+    data = yaml.safe_load(cfg.read_text())
+    data["models"]["fast"]["versions"]["v1"]["weight"] = 50
+    data["models"]["fast"]["versions"]["v2"]["weight"] = 50
+    data["tenants"]["pinned"] = {"plan": "p", "versions": {"fast": "v1"}}
+    cfg.write_text(yaml.safe_dump(data))
+    gw = gateway(cfg)
+    client = gw.client(gw.new_key("acme"))
+
+    seen: dict[str, set[str]] = {}
+    for _round in range(3):
+        for conv in range(30):
+            raw = client.chat.completions.with_raw_response.create(
+                model="fast", messages=MSG, max_tokens=2, extra_headers={"x-conversation-id": f"conv-{conv}"}
+            )
+            seen.setdefault(f"conv-{conv}", set()).add(raw.headers["x-servelab-version"])
+    assert all(len(v) == 1 for v in seen.values()), seen  # sticky
+    per_version = [next(iter(v)) for v in seen.values()]
+    n2 = per_version.count("v2")
+    assert 0 < n2 < 30  # both versions get conversations at 50/50
+    assert _served(u2) == 3 * n2 and _served(u1) == 3 * (30 - n2)  # each version on its own backends
+
+    # The `user` field is the sticky id when there is no conversation header.
+    by_user = {
+        client.chat.completions.with_raw_response.create(
+            model="fast", messages=MSG, max_tokens=2, user="alice"
+        ).headers["x-servelab-version"]
+        for _ in range(5)
+    }
+    assert len(by_user) == 1
+
+    # A header picks a version for testing; an unknown one is a 400 that names the versions.
+    picked = client.chat.completions.with_raw_response.create(
+        model="fast", messages=MSG, max_tokens=2, extra_headers={"x-servelab-version": "v2"}
+    )
+    assert picked.headers["x-servelab-version"] == "v2"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="fast", messages=MSG, max_tokens=2, extra_headers={"x-servelab-version": "v7"}
+        )
+    resp = err.value.response
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == "unknown_model_version"
+    assert "versions: v1, v2" in resp.json()["error"]["message"]
+
+    # A pinned tenant always gets its version, whatever the conversation.
+    pinned = gw.client(gw.new_key("pinned"))
+    got = {
+        pinned.chat.completions.with_raw_response.create(
+            model="fast", messages=MSG, max_tokens=2, extra_headers={"x-conversation-id": f"c{i}"}
+        ).headers["x-servelab-version"]
+        for i in range(10)
+    }
+    assert got == {"v1"}
+    events = gw.usage("acme")["recent_events"]
+    assert {e["version"] for e in events} == {"v1", "v2"}
+
+
+def _drive(client: Any, gw: GatewayHandle, timeout_s: float) -> dict[str, Any]:
+    """Stream requests from many conversations until the rollout is no longer running."""
+    deadline = time.monotonic() + timeout_s
+    i = 0
+    while time.monotonic() < deadline:
+        for _ in range(10):
+            i += 1
+            try:
+                stream = client.chat.completions.create(
+                    model="fast",
+                    messages=MSG,
+                    max_tokens=8,
+                    stream=True,
+                    extra_headers={"x-conversation-id": f"conv-{i}"},
+                )
+                for _chunk in stream:
+                    pass
+            except openai.APIStatusError:
+                pass  # a failing canary answers 503: that is what the gate must see
+        with gw.admin() as c:
+            st = c.get("/admin/v1/rollouts/fast").json()
+        if st["status"] != "running":
+            return dict(st)
+    raise AssertionError(f"rollout still running after {timeout_s}s: {st}")
+
+
+GATE = {"steps": [20, 50], "window_s": 1.0, "thresholds": {"min_requests": 5}}
+
+
+@pytest.mark.parametrize("canary", ["slow", "failing"])
+def test_a_regressed_canary_is_rolled_back_by_itself_with_the_reason_audited(
+    tmp_path: Path, fast_upstream: Callable[..., str], gateway: Callable[..., GatewayHandle], canary: str
+) -> None:
+    good = fast_upstream(tokens=8)
+    bad = fast_upstream(tokens=8, ttft_ms=300) if canary == "slow" else f"http://127.0.0.1:{free_port()}"
+    gw = gateway(versions_config(tmp_path, [good], [bad]))
+    client = gw.client(gw.new_key("acme"))
+    with gw.admin() as c:
+        r = c.post("/admin/v1/rollouts", json={"model": "fast", "canary": "v2", **GATE})
+        assert r.status_code == 201, r.text
+    st = _drive(client, gw, timeout_s=90)
+    assert st["status"] == "aborted"
+    assert weights_of(gw) == {"v1": 100.0, "v2": 0.0}
+    abort = st["audit"][0]
+    assert (abort["action"], abort["actor"]) == ("abort", "slo-gate")
+    expected = "p95 TTFT" if canary == "slow" else "error rate"
+    assert expected in abort["reason"], abort
+    window = abort["detail"]["window"]
+    assert window["canary"]["requests"] >= 5
+    if canary == "slow":
+        assert window["canary"]["p95_ttft_s"] > window["baseline"]["p95_ttft_s"] + 0.05
+    else:
+        assert window["canary"]["error_rate"] == 1.0
+    assert st["audit"][-1]["action"] == "start"
+
+
+def test_a_healthy_canary_is_promoted_step_by_step(
+    tmp_path: Path, fast_upstream: Callable[..., str], gateway: Callable[..., GatewayHandle]
+) -> None:
+    a, b = fast_upstream(tokens=8), fast_upstream(tokens=8)
+    gw = gateway(versions_config(tmp_path, [a], [b]))
+    client = gw.client(gw.new_key("acme"))
+    with gw.admin() as c:
+        assert c.post("/admin/v1/rollouts", json={"model": "fast", "canary": "v2", **GATE}).status_code == 201
+    st = _drive(client, gw, timeout_s=90)
+    assert st["status"] == "promoted", st
+    assert weights_of(gw) == {"v1": 0.0, "v2": 100.0}
+    actions = [e["action"] for e in reversed(st["audit"])]
+    assert actions == ["start", "step", "promote"]
+    assert [e["detail"]["canary_percent"] for e in reversed(st["audit"])] == [20.0, 50.0, 100.0]
