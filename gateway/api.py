@@ -41,6 +41,7 @@ from gateway.errors import (
     RedisUnavailable,
     error_response,
 )
+from gateway.fairness import engine_priority
 from gateway.lifecycle import RequestOwner
 from gateway.metering import tenant_usage
 from gateway.proxy import StreamProxy, UpstreamCall, forwardable_headers, read_json
@@ -102,6 +103,9 @@ def _upstream_body(raw: bytes, preq: ProxyRequest, plan: EffectivePlan, model: M
     if model.upstream_model and model.upstream_model != preq.model:
         body["model"] = model.upstream_model
         changed = True
+    if model.fairness is not None and model.fairness.engine_priority and "priority" not in body:
+        body["priority"] = engine_priority(plan.tier)  # vLLM orders its waiting queue by it
+        changed = True
     if preq.stream:
         opts = dict(body.get("stream_options") or {})
         # The true usage must come back even when the client did not ask: it is what we meter.
@@ -113,6 +117,25 @@ def _upstream_body(raw: bytes, preq: ProxyRequest, plan: EffectivePlan, model: M
             changed = True
         body["stream_options"] = opts
     return (json.dumps(body, separators=(",", ":")).encode() if changed else raw), max_tokens
+
+
+DEADLINE_HEADER = b"x-servelab-deadline-ms"
+
+
+def _deadline_ms(value: bytes | None) -> float | None:
+    """The client's queueing deadline in ms (refused at once if the predicted wait is longer)."""
+    if value is None:
+        return None
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = -1.0
+    if not 0 < ms < 86_400_000:
+        raise InvalidRequest(
+            "x-servelab-deadline-ms must be a positive number of milliseconds.",
+            param="x-servelab-deadline-ms",
+        )
+    return ms
 
 
 async def completions(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
@@ -172,7 +195,7 @@ async def _completions(
 
     out_headers = {"x-request-id": req.request_id, "x-servelab-version": assigned.version}
     out_headers.update(await req.admit(reserve, preq.prompt_tokens_estimate))
-    waited = await req.wait_for_slot(reserve)
+    waited = await req.wait_for_slot(reserve, _deadline_ms(headers.get(DEADLINE_HEADER)))
     t_up = time.perf_counter()
     call = await req.open_upstream("/v1/chat/completions" if chat else "/v1/completions", up_body)
     pre_overhead = t_up - req.started - waited  # waiting for a backend slot is not gateway overhead

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from gateway import admin, admin_rollout, api, broadcast, recovery
+from gateway import admin, admin_rollout, api, broadcast, recovery, vtcsync
 from gateway.auth import REVOKED_CHANNEL, KeyStore
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import (
@@ -218,6 +218,7 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
         maintainer = asyncio.create_task(recovery.maintain(rt))
         rollouts = RolloutController(redis, rt.versions, metrics.registry, list(cfg.models))
         rollout_task = asyncio.create_task(rollouts.run())
+        fairness_task = asyncio.create_task(vtcsync.run(redis, cfg, rt.queues, session))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(subscribed.wait(), timeout=2.0)
         app.state.runtime = rt
@@ -236,6 +237,7 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
         finally:
             follower.cancel()
             rollout_task.cancel()
+            fairness_task.cancel()
             maintainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await maintainer
@@ -244,6 +246,8 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
                 await follower
             with contextlib.suppress(asyncio.CancelledError):
                 await rollout_task
+            with contextlib.suppress(asyncio.CancelledError):
+                await fairness_task
             await rollouts.release()
             await session.close()
             await upstream.close()

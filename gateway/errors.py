@@ -13,10 +13,12 @@
     ├── BodyTooLarge                  413     invalid_request_error    request_too_large
     ├── RateLimited                   429     requests | tokens        rate_limit_exceeded
     │   └── QuotaExhausted            429     insufficient_quota       insufficient_quota
+    ├── Overloaded                    429     rate_limit_exceeded      model_overloaded (sheddable tier, saturated)
     ├── BackendRejected               4xx     invalid_request_error    upstream_rejected (backend's status)
     ├── BackendError                  502     upstream_error           bad_gateway
     ├── BackendUnavailable            503     upstream_error           backend_unavailable
-    │   └── NoBackendInRegion         503     upstream_error           no_backend_in_region
+    │   ├── NoBackendInRegion         503     upstream_error           no_backend_in_region
+    │   └── DeadlineUnmeetable        503     upstream_error           deadline_unmeetable
     ├── BackendTimeout                504     upstream_error           backend_timeout
     ├── RedisUnavailable              503     service_unavailable      redis_unavailable
     └── InternalError                 500     server_error             internal_error
@@ -137,6 +139,14 @@ class QuotaExhausted(RateLimited):
         super().__init__(message, limit="insufficient_quota", headers=headers)
 
 
+class Overloaded(GatewayError):
+    """A sheddable plan's request while the model is saturated: refused at once, with retry-after."""
+
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "model_overloaded"
+
+
 class BackendRejected(GatewayError):
     """The backend refused the request itself: its 4xx status and message are passed through."""
 
@@ -164,6 +174,12 @@ class NoBackendInRegion(BackendUnavailable):
     """Data residency: no healthy backend in the tenant's regions, and none elsewhere is tried."""
 
     code = "no_backend_in_region"
+
+
+class DeadlineUnmeetable(BackendUnavailable):
+    """x-servelab-deadline-ms is shorter than the predicted queue wait: refused at once, not after."""
+
+    code = "deadline_unmeetable"
 
 
 class BackendTimeout(GatewayError):

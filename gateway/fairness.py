@@ -119,6 +119,10 @@ class VirtualTokenCounter:
         """Add weighted service (already divided by the weight); negative amounts true up."""
         self.local[tenant] = self.local.get(tenant, 0.0) + amount
 
+    def served(self, tenant: str, amount: float, now: float) -> None:
+        """A request's final charge (its served tokens); a shared store may hold it later too."""
+        self.charge(tenant, amount)
+
     def lift(self, tenant: str, to: float) -> None:
         """Raise the tenant's counter to at least `to` (never lowers it)."""
         if self.value(tenant) < to:
@@ -288,11 +292,19 @@ class FairPolicy:
         return provisional
 
     def finished(
-        self, tenant: str, share: Share, input_tokens: int, output_tokens: int, provisional: float
+        self,
+        tenant: str,
+        share: Share,
+        input_tokens: int,
+        output_tokens: int,
+        provisional: float,
+        now: float = 0.0,
     ) -> float:
         """True up to the served tokens; returns the request's final charge (0 if nothing was served)."""
         final = weighted_service(input_tokens, output_tokens) / share.weight
-        self.counters.charge(tenant, final - provisional)
+        self.counters.charge(tenant, -provisional)
+        if final:
+            self.counters.served(tenant, final, now)
         return final
 
 

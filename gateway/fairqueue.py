@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.fairness import FairPolicy, Pending, Share, Verdict
+from gateway.saturation import Detector
 
 
 class QueueFull(Exception):
@@ -64,12 +65,17 @@ class FairQueue:
         self._futures: dict[int, asyncio.Future[None]] = {}
         self._seq = 0
         self._expiry: asyncio.TimerHandle | None = None
+        # With a detector, free slots come from the backends' own metrics (gateway/saturation.py);
+        # without one, `capacity` is a static cap on this replica's in-flight requests.
+        self.detector: Detector | None = None
 
     @property
     def waiting(self) -> int:
         return self.policy.depth
 
     def free_slots(self) -> int:
+        if self.detector is not None:
+            return self.detector.free_slots()
         return self.capacity - self.in_flight
 
     async def acquire(
@@ -127,7 +133,9 @@ class FairQueue:
         self.in_flight -= 1
         if ticket is not None:
             p = ticket.pending
-            self.policy.finished(p.tenant, p.share, input_tokens, output_tokens, ticket.provisional)
+            self.policy.finished(
+                p.tenant, p.share, input_tokens, output_tokens, ticket.provisional, self.clock()
+            )
         self.pump()
 
     def pump(self) -> None:

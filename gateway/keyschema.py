@@ -13,6 +13,7 @@ and replica liveness are not per tenant and are read outside the scripts.
     usage:{tenant}           hash {day|model|counter}        metered counters
     events:{tenant}          stream                          one entry per settled request
     done:{tenant}:<rid>      string                          this request id was metered
+    vtc:{tenant}             hash {model -> counter}         fair queue's virtual token counter
     replica:<id>             string (TTL)                    a gateway replica is alive
 """
 
@@ -34,6 +35,7 @@ class TenantKeys:
     inflight: str
     usage: str
     events: str
+    vtc: str
 
     def done(self, request_id: str) -> str:
         return f"done:{{{self.tenant}}}:{request_id}"
@@ -51,6 +53,7 @@ def tenant_keys(tenant: str) -> TenantKeys:
         inflight=f"inflight:{tag}",
         usage=f"usage:{tag}",
         events=f"events:{tag}",
+        vtc=f"vtc:{tag}",
     )
 
 

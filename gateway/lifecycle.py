@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -32,8 +33,17 @@ from redis.exceptions import RedisError
 from gateway.auth import Principal
 from gateway.config import EffectivePlan, Model
 from gateway.costs import Usage, cost_micro_usd
-from gateway.errors import BackendUnavailable, GatewayError, RedisUnavailable, rate_limit_headers, rejection
-from gateway.fairqueue import QueueFull
+from gateway.errors import (
+    BackendUnavailable,
+    DeadlineUnmeetable,
+    GatewayError,
+    Overloaded,
+    RedisUnavailable,
+    rate_limit_headers,
+    rejection,
+)
+from gateway.fairness import Share, weighted_service
+from gateway.fairqueue import QueueFull, QueueTimeout, Refused, Ticket
 from gateway.metering import micro_to_usd
 from gateway.proxy import UpstreamCall, open_upstream
 from gateway.ratelimit import SettleRecord
@@ -75,6 +85,8 @@ class RequestOwner:
         self._finished = False
         self._beat_timer: asyncio.TimerHandle | None = None
         self._beat_task: asyncio.Task[None] | None = None
+        self.fair_ticket: Ticket | None = None  # a fair-queue slot, returned with the served tokens
+        self._served: tuple[int, int] = (0, 0)  # (prompt, completion) tokens, for that return
 
     @property
     def tenant(self) -> str:
@@ -135,24 +147,51 @@ class RequestOwner:
         self._beat_timer = asyncio.get_running_loop().call_later(rt.heartbeat_s, self._start_heartbeat)
         return rate_limit_headers(decision)
 
-    async def wait_for_slot(self, cost: int) -> float:
-        """The fair queue of a saturated model (if it has one); returns the seconds waited."""
+    async def wait_for_slot(self, cost: int, deadline_ms: float | None = None) -> float:
+        """The fair queue of a saturated model (if it has one); returns the seconds waited.
+
+        Not saturated: returns at once (no I/O). Saturated: a sheddable plan gets 429 and a
+        request whose deadline is shorter than the predicted wait 503, both at once with
+        retry-after; others wait in tier + virtual-token-counter order (gateway/fairness.py)
+        for at most the plan's queue time. The slot goes back with the served tokens in `finish`.
+        """
         rt = self.rt
         queue = rt.queues.get(self.model_name)
         if queue is None:
             return 0.0
-        assert self.plan is not None
+        plan = self.plan
+        assert plan is not None
+        max_queue_s = plan.max_queue_s or rt.settings.queue_timeout_s
+        share = Share(plan.fair_share_weight, plan.tier, plan.sheddable, max_queue_s)
+        deadline = None if deadline_ms is None else queue.clock() + deadline_ms / 1000
+        prompt = self.admission.prompt_estimate if self.admission else cost
         t = time.perf_counter()
         try:
-            await asyncio.wait_for(
-                queue.acquire(self.tenant, cost, self.plan.fair_share_weight), rt.settings.queue_timeout_s
+            ticket = await asyncio.wait_for(
+                queue.acquire(self.tenant, cost, share=share, input_estimate=prompt, deadline_s=deadline),
+                max_queue_s,
             )
-        except (TimeoutError, QueueFull) as exc:
+        except Refused as exc:
+            v = exc.verdict
+            retry = {"retry-after": str(max(1, math.ceil(v.retry_after_s)))}
+            if v.action == "shed":
+                raise Overloaded(
+                    f"Model {self.model_name!r} is saturated and plan {plan.name!r} is sheddable; "
+                    f"retry after {retry['retry-after']}s.",
+                    headers=retry,
+                ) from None
+            raise DeadlineUnmeetable(
+                f"Predicted wait {v.predicted_wait_s:.1f}s exceeds the request's deadline of "
+                f"{deadline_ms:g} ms (x-servelab-deadline-ms).",
+                headers=retry,
+            ) from None
+        except (TimeoutError, QueueFull, QueueTimeout) as exc:
             raise BackendUnavailable(
                 f"Model {self.model_name!r} is saturated: no backend slot within "
-                f"{rt.settings.queue_timeout_s:g}s ({type(exc).__name__})."
+                f"{max_queue_s:g}s ({type(exc).__name__})."
             ) from None
-        self._stack.callback(queue.release)
+        self.fair_ticket = ticket
+        self._stack.callback(lambda: queue.release(ticket, *self._served))
         waited = time.perf_counter() - t
         rt.metrics.child(rt.metrics.queue_wait_seconds, self.tenant).observe(waited)
         return waited
@@ -222,6 +261,8 @@ class RequestOwner:
             return
         self._finished = True
         self._stop_heartbeat()
+        if usage is not None:
+            self._served = (usage.prompt_tokens, usage.completion_tokens)
         try:
             await self._stack.aclose()
         except Exception:  # a release must not stop the settle: log it, go on
@@ -247,6 +288,7 @@ class RequestOwner:
             if usage
             else 0
         )
+        fair = self._fair_fields(usage)
         rec = SettleRecord(
             tenant=self.tenant,
             tokens_per_minute=plan.tokens_per_minute,
@@ -265,8 +307,18 @@ class RequestOwner:
             status=status,
             version=self.route.version if self.route else "",
             region=self.region,
+            fair_charge=fair[0],
+            fair_floor=fair[1],
         )
         await settle_record(rt, rec)
+
+    def _fair_fields(self, usage: Usage | None) -> tuple[float, float]:
+        """The virtual token counter's charge and lift floor for settle.lua (0 without a queue)."""
+        queue = self.rt.queues.get(self.model_name)
+        if self.fair_ticket is None or queue is None or usage is None or self.plan is None:
+            return 0.0, 0.0
+        charge = weighted_service(usage.prompt_tokens, usage.completion_tokens) / self.plan.fair_share_weight
+        return charge, queue.policy.counters.floor.get(self.tenant, 0.0)
 
 
 async def settle_record(rt: Runtime, rec: SettleRecord) -> None:

@@ -97,6 +97,8 @@ class SettleRecord:
     recovered: bool = False
     version: str = ""  # model version that served it (versions.py); '' when unknown
     region: str = ""  # region of the backend reached (routing.py); '' when none or unplaced
+    fair_charge: float = 0.0  # virtual token counter charge (gateway/fairness.py); 0: no fair queue
+    fair_floor: float = 0.0  # the counter's lift floor when the tenant became active
 
 
 class Limiter:
@@ -189,7 +191,7 @@ class Limiter:
         k = tenant_keys(rec.tenant)
         f = _fields(
             await self._settle(
-                keys=[k.tok, k.quota, k.lease, k.done(rec.request_id), k.usage, k.events, k.inflight],
+                keys=[k.tok, k.quota, k.lease, k.done(rec.request_id), k.usage, k.events, k.inflight, k.vtc],
                 args=[
                     rec.lease_id,
                     rec.reserved,
@@ -210,6 +212,8 @@ class Limiter:
                     1 if rec.recovered else 0,
                     rec.version,
                     rec.region,
+                    f"{rec.fair_charge:.3f}" if rec.served else "0",
+                    f"{rec.fair_floor:.3f}",
                 ],
             )
         )

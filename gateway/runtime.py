@@ -18,7 +18,7 @@ from starlette.requests import Request
 
 from gateway.auth import KeyStore
 from gateway.config import EffectivePlan, GatewayConfig
-from gateway.fairness import FairQueue
+from gateway.fairqueue import FairQueue
 from gateway.liveplans import LivePlans
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import Limiter, SettleRecord
@@ -27,6 +27,7 @@ from gateway.settings import GatewaySettings
 from gateway.spool import SettleSpool
 from gateway.upstream import UpstreamClient
 from gateway.versions import LiveVersions
+from gateway.vtcsync import build_queues
 
 log = logging.getLogger("gateway.redis")
 
@@ -53,11 +54,7 @@ class Runtime:
     def __post_init__(self) -> None:
         self.plans = LivePlans(self.config, self.redis)
         self.versions = LiveVersions(self.config, self.redis)
-        self.queues = {
-            name: FairQueue(m.max_in_flight_per_backend * len(m.backends))
-            for name, m in self.config.models.items()
-            if m.max_in_flight_per_backend
-        }
+        self.queues = build_queues(self.config)  # gateway/vtcsync.py: fair queues + saturation detectors
 
     def plan(self, tenant: str) -> EffectivePlan:
         return self.plans.plans[tenant]

@@ -36,6 +36,11 @@
 -- ARGV[17] 1 when a survivor settles a dead replica's request from its last checkpoint, else 0
 -- ARGV[18] model version that served the request ('' when unknown, e.g. recovered)
 -- ARGV[19] region of the backend that served it ('' when none was reached or it has no region)
+-- KEYS[8]  vtc:{tenant}          hash {model -> virtual token counter} (fairness, gateway/vtcsync.py)
+-- ARGV[20] fair-queue charge: (prompt + 2 x completion) / plan weight, decimal string; '0' when
+--          the model has no fair queue or nothing was served (an unserved request is never charged)
+-- ARGV[21] the counter's floor: the lift the fair queue applied when the tenant became active;
+--          the counter becomes max(counter, floor) + charge, so the lift is global too
 --
 -- Returns name/value pairs: counted (1 metered | 0 not served | -1 request id already metered),
 --   tokens_level (token bucket level after), quota_used (tokens used + reserved in the
@@ -113,6 +118,14 @@ local m = mp < 10 and mp + 3 or mp - 9
 local y = yoe + era * 400 + (m <= 2 and 1 or 0)
 local prefix = string.format('%04d-%02d-%02d|', y, m, d) .. ARGV[8] .. '|'
 
+local fair_charge = tonumber(ARGV[20] or '0') or 0
+if counted == 1 and fair_charge > 0 and KEYS[8] then
+  -- Once per request id, like the metering: a replayed settle does not charge the counter twice.
+  local c = tonumber(redis.call('HGET', KEYS[8], ARGV[8]) or '0')
+  local floor = tonumber(ARGV[21] or '0') or 0
+  if floor > c then c = floor end
+  redis.call('HSET', KEYS[8], ARGV[8], string.format('%.3f', c + fair_charge))
+end
 if counted == 1 then
   redis.call('HINCRBY', KEYS[5], prefix .. 'requests', 1)
   redis.call('HINCRBY', KEYS[5], prefix .. 'prompt_tokens', prompt)
