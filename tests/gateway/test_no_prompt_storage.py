@@ -1,10 +1,11 @@
-"""With the default policy no prompt or output text is written anywhere, and no secret reaches a log.
+"""With the default policy no prompt or output text is written anywhere, and no secret (API key,
+admin token, Redis password) reaches a log.
 
 A real Redis with an append-only file (every write command it ever received, in plain RESP, so
 even text written and deleted again would be found), the simulator and a gateway as separate
 processes with their logs in files (the gateway at debug level, to be strict). Requests of every
 kind carry a marker in their prompt, `user` field and conversation header; afterwards the
-marker, the exact output texts, the API key and the admin token are searched for in every Redis
+marker, the exact output texts and the secrets are searched for in every Redis
 key and value (read by type, and DUMPed), in the AOF files, in both logs and in the spool folder.
 """
 
@@ -69,7 +70,10 @@ def test_default_policy_stores_no_prompt_or_output_and_logs_no_secret(
 ) -> None:
     server = start_redis(tmp_path / "redis", appendonly=True)
     try:
-        store = redis.Redis.from_url(server.url)
+        password = "pw-" + uuid.uuid4().hex  # a secret in the Redis URL must not reach a log either
+        redis.Redis.from_url(server.url).config_set("requirepass", password)
+        url = f"redis://:{password}@127.0.0.1:{server.port}/0"
+        store = redis.Redis.from_url(url)
         store.config_set("appendfsync", "always")  # every write on disk before the search
         sim = sim_server("--speedup", "50", "--log-level", "debug")
         cfg = {
@@ -81,7 +85,7 @@ def test_default_policy_stores_no_prompt_or_output_and_logs_no_secret(
         path.write_text(yaml.safe_dump(cfg))
         spool = tmp_path / "spool"
         gw, gw_child = gateway_proc(
-            path, redis_url=server.url, SERVELAB_SPOOL_DIR=str(spool), SERVELAB_LOG_LEVEL="debug"
+            path, redis_url=url, SERVELAB_SPOOL_DIR=str(spool), SERVELAB_LOG_LEVEL="debug"
         )
         key = gw.new_key("acme")
         client = gw.client(key)
@@ -120,7 +124,12 @@ def test_default_policy_stores_no_prompt_or_output_and_logs_no_secret(
         assert gw.usage("acme")["totals"]["requests"] >= 4  # the run was metered
 
         gw_child.stop()
-        needles = {"marker": marker.encode(), "api key": key.encode(), "admin token": ADMIN_TOKEN.encode()}
+        needles = {
+            "marker": marker.encode(),
+            "api key": key.encode(),
+            "admin token": ADMIN_TOKEN.encode(),
+            "redis password": password.encode(),
+        }
         needles.update({f"output {i}": o.strip().encode() for i, o in enumerate(outputs)})
 
         redis_blobs = _redis_texts(store)
