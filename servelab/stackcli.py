@@ -62,6 +62,10 @@ def up(
         ),
     ] = 0,
     gateways: Annotated[int, typer.Option(min=1, help="Gateway replicas sharing Redis.")] = 1,
+    sim_arg: Annotated[
+        list[str],
+        typer.Option(help="Extra `servelab serve` argument per simulator, e.g. --sim-arg=--max-num-seqs=16."),
+    ] = [],  # noqa: B006
     second_model: Annotated[
         str | None, typer.Option(help="Also serve this catalog model (one simulated replica, 1 GPU).")
     ] = None,
@@ -86,6 +90,7 @@ def up(
         backends=backends,
         spare_backends=spare_backends,
         gateways=gateways,
+        sim_args=tuple(sim_arg),
         second_model=second_model,
         model=model,
         gpu=gpu,
