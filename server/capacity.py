@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from server import catalog
+from server.expertpar import ExpertParallelModel, Layout
 from server.perfmodel import FACTOR_RANGES, V1_FACTORS, Factors, PerfModel
 from server.pricing import FleetCost, default_price
 
@@ -84,6 +85,10 @@ class CapacityQuery:
     max_spares: int = 4
     sensitivity: bool = True
     preset: str | None = None  # the preset whose engine settings these are, for the record
+    # How a replica's GPUs split an MoE model (server/expertpar.py): tp slices everything; ep keeps
+    # attention sliced and puts whole experts on each GPU; dp-ep replicates attention per GPU.
+    layout: Layout = "tp"
+    expert_skew: float = 1.0  # hottest expert's load over the mean (1 = uniform routing)
 
 
 @dataclass(frozen=True)
@@ -206,14 +211,19 @@ class CapacityPlan:
 
 
 def memory_option(q: CapacityQuery, tp: int) -> TpOption:
-    pm = _perf(q, tp)
+    spec = catalog.model(q.model)
+    try:
+        pm = _perf(q, tp)
+    except ValueError as exc:  # e.g. 8 experts over 3 GPUs
+        return TpOption(tp=tp, fits=False, weight_bytes_per_gpu=0, activation_reserve_bytes_per_gpu=0,
+                        kv_bytes_per_gpu=0, kv_tokens=0, max_concurrent_seqs=0, note=str(exc))
     seq_tokens = q.input_len + q.output_len
     kv_tokens = pm.kv_tokens(q.block_size)
     blocks_per_seq = math.ceil(seq_tokens / q.block_size)
     max_seqs = min(q.max_num_seqs, pm.kv_blocks(q.block_size) // blocks_per_seq)
-    heads_ok = catalog.model(q.model).num_heads % tp == 0
+    heads_ok = q.layout == "dp-ep" or spec.num_heads % tp == 0  # dp-ep does not slice attention
     fits = heads_ok and max_seqs >= 1
-    note = "" if heads_ok else f"{catalog.model(q.model).num_heads} attention heads do not split {tp} ways"
+    note = "" if heads_ok else f"{spec.num_heads} attention heads do not split {tp} ways"
     if heads_ok and not fits:
         note = "no room for one sequence's KV cache"
     return TpOption(
@@ -228,7 +238,12 @@ def memory_option(q: CapacityQuery, tp: int) -> TpOption:
     )
 
 
-def _perf(q: CapacityQuery, tp: int) -> PerfModel:
+def _perf(q: CapacityQuery, tp: int) -> PerfModel | ExpertParallelModel:
+    pm = _perf_tp(q, tp)
+    return pm if q.layout == "tp" else ExpertParallelModel(pm, q.layout, q.expert_skew)
+
+
+def _perf_tp(q: CapacityQuery, tp: int) -> PerfModel:
     return PerfModel.build(
         q.model,
         q.gpu,
@@ -344,6 +359,8 @@ def _validate(q: CapacityQuery) -> None:
         raise ValueError("goodput share must be in (0, 1]")
     if q.gpu_hourly_usd is not None and q.gpu_hourly_usd < 0:
         raise ValueError("GPU price per hour must be >= 0")
+    if q.expert_skew < 1:
+        raise ValueError("expert skew is the hottest expert's load over the mean: >= 1")
 
 
 def plan(q: CapacityQuery, progress: Progress | None = None) -> CapacityPlan:
@@ -385,7 +402,7 @@ def plan(q: CapacityQuery, progress: Progress | None = None) -> CapacityPlan:
     return result
 
 
-def _cell_engine(q: CapacityQuery, tp: int) -> tuple[PerfModel, int]:
+def _cell_engine(q: CapacityQuery, tp: int) -> tuple[PerfModel | ExpertParallelModel, int]:
     pm = _perf(q, tp)
     return pm, pm.kv_blocks(q.block_size)
 
@@ -481,6 +498,7 @@ def query_for_preset(name: str, **kw: object) -> CapacityQuery:
         "kv_dtype": None if p.kv_cache_dtype == "auto" else p.kv_cache_dtype,
         "gpu_memory_utilization": p.gpu_memory_utilization,
         "max_num_seqs": p.max_num_seqs,
+        "layout": "ep" if p.enable_expert_parallel else "tp",
         "preset": name,
         **kw,
     }

@@ -388,6 +388,9 @@ def checkpoint(
 
 
 def register(app: typer.Typer) -> None:
+    from server import cli_whatif
+
     app.command("capacity")(capacity)
+    cli_whatif.register(app)
     app.add_typer(presets_app, name="presets")
     app.command("checkpoint")(checkpoint)
