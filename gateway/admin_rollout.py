@@ -1,4 +1,5 @@
-"""Admin routes for model versions, rollouts and the audit log (same admin token as admin.py).
+"""Admin routes of the on-prem controls: model versions, rollouts, the audit log and kept
+prompt text (same admin token as admin.py).
 
     GET    /admin/v1/models/{model}/versions      versions, live weights, the rollout if any
     PUT    /admin/v1/models/{model}/weights       set weights by hand, on every replica (audited)
@@ -8,6 +9,8 @@
     POST   /admin/v1/rollouts/{model}/promote     canary to 100% now (audited)
     POST   /admin/v1/rollouts/{model}/abort       back to 100% baseline now (audited)
     GET    /admin/v1/audit?model=&count=          the audit stream, newest first
+    GET    /admin/v1/tenants/{tenant}/prompts     text kept for an opted-in tenant, and its policy
+    DELETE /admin/v1/tenants/{tenant}/prompts     erase it all now (audited)
 
 `servelab rollout start|status|promote|abort|audit` is a thin client of these routes.
 """
@@ -20,7 +23,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway import audit, rollout
+from gateway import audit, retention, rollout
 from gateway.admin import admin_runtime
 from gateway.errors import InvalidRequest, NotFound
 from gateway.runtime import Runtime
@@ -190,5 +193,29 @@ def build_router() -> APIRouter:
     ) -> dict[str, Any]:
         entries = await audit.read(rt.redis, count=max(1, min(count, 1000)), model=model)
         return {"data": [e.as_dict() for e in entries]}
+
+    def _tenant(rt: Runtime, tenant: str) -> str:
+        if tenant not in rt.config.tenants:
+            raise NotFound(f"No tenant {tenant!r} in the config.", param="tenant")
+        return tenant
+
+    @router.get("/tenants/{tenant}/prompts")
+    async def kept_prompts(
+        tenant: str, count: int = 20, rt: Runtime = Depends(admin_runtime)
+    ) -> dict[str, Any]:
+        policy = rt.config.tenants[_tenant(rt, tenant)].prompt_logging
+        return {
+            "tenant": tenant,
+            "policy": policy.model_dump(),
+            "data": await retention.read(rt.redis, tenant, max(1, min(count, 1000))),
+        }
+
+    @router.delete("/tenants/{tenant}/prompts")
+    async def erase_prompts(tenant: str, rt: Runtime = Depends(admin_runtime)) -> dict[str, Any]:
+        deleted = await retention.erase(rt.redis, _tenant(rt, tenant))
+        await audit.record(
+            rt.redis, model="", action="erase-prompts", actor="admin", tenant=tenant, deleted=deleted
+        )
+        return {"tenant": tenant, "deleted": deleted}
 
     return router

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from gateway import retention
 from gateway.auth import Principal
 from gateway.config import EffectivePlan, Model
 from gateway.costs import Usage
@@ -210,6 +211,7 @@ async def _completions(
         log.warning("Backend reported no usage; metering the prompt estimate: request_id=%s", req.request_id)
         usage = Usage(preq.prompt_tokens_estimate, 0)
     await req.finish(usage, 200)
+    await _keep_text(req, preq, data)
     end = time.perf_counter()
     overhead = pre_overhead + (end - t_back)
     rt.metrics.overhead_seconds.observe(overhead)
@@ -230,6 +232,7 @@ def _stream(
         elif not complete:  # the backend broke or went silent mid-stream
             rt.metrics.backend_errors.labels(call.backend.url, "stream").inc()
         await req.finish(usage, 200 if complete else (499 if client_gone else 502))
+        await _keep_text(req, preq, None)
         end = time.perf_counter()
         rt.metrics.child(rt.metrics.e2e_seconds, preq.model).observe(end - req.started)
         if first_token_at is not None:
@@ -255,6 +258,27 @@ def _stream(
     )
     req.progress = proxy.running_usage  # what the heartbeat checkpoints
     return proxy
+
+
+async def _keep_text(req: RequestOwner, preq: ProxyRequest, output: bytes | None) -> None:
+    """Keep the request's text only for a tenant that opted in (retention.py); never raises."""
+    policy = req.rt.config.tenants[req.tenant].prompt_logging
+    if not policy.enabled:
+        return  # the default: nothing of the text is written anywhere
+    try:
+        await retention.keep(
+            req.rt.redis,
+            policy,
+            tenant=req.tenant,
+            request_id=req.request_id,
+            model=req.model_name,
+            version=req.route.version if req.route else "",
+            request_body=json.dumps(preq.body).encode(),
+            output=output,
+        )
+    except RedisError as exc:
+        req.rt.redis_failed("keep_text", exc)
+        log.warning("Opted-in prompt text not kept: tenant=%s request_id=%s", req.tenant, req.request_id)
 
 
 async def list_models(request: Request) -> Response:

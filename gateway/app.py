@@ -219,6 +219,7 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
         rollouts = RolloutController(redis, rt.versions, metrics.registry, list(cfg.models))
         rollout_task = asyncio.create_task(rollouts.run())
         fairness_task = asyncio.create_task(vtcsync.run(redis, cfg, rt.queues, session))
+        metrics.registry.register(vtcsync.FairnessCollector(rt.queues))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(subscribed.wait(), timeout=2.0)
         app.state.runtime = rt

@@ -1,0 +1,71 @@
+"""The per-tenant opt-in to keep prompt text: only that tenant's text is kept, under its
+retention (trimmed on write, key expiring), readable and erasable through the admin API."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+import yaml
+from gwkit import GatewayHandle, plan
+
+
+def test_opted_in_tenant_text_is_kept_with_retention_and_erasable(
+    tmp_path: Path, redis_url: str, fast_upstream: Callable[..., str], gateway: Callable[..., GatewayHandle]
+) -> None:
+    url = fast_upstream()
+    cfg = {
+        "plans": {"p": plan()},
+        "tenants": {
+            "keeper": {"plan": "p", "prompt_logging": {"enabled": True, "retention_days": 0.5}},
+            "default": {"plan": "p"},
+        },
+        "models": {"fast": {"backends": [url]}},
+    }
+    path = tmp_path / "retention.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    gw = gateway(path)
+    keeper, other = gw.client(gw.new_key("keeper")), gw.client(gw.new_key("default"))
+    marker = "MARKER-" + uuid.uuid4().hex
+    msg = [{"role": "user", "content": marker}]
+    answer = keeper.chat.completions.create(model="fast", messages=msg, max_tokens=4)
+    for _ in keeper.chat.completions.create(model="fast", messages=msg, max_tokens=4, stream=True):
+        pass
+    other.chat.completions.create(model="fast", messages=msg, max_tokens=4)
+
+    with gw.admin() as c:
+        kept = c.get("/admin/v1/tenants/keeper/prompts").json()
+        assert kept["policy"] == {"enabled": True, "retention_days": 0.5}
+        assert len(kept["data"]) == 2
+        assert all(marker in e["request"] for e in kept["data"])
+        non_stream = kept["data"][1]
+        assert answer.choices[0].message.content in non_stream["output"]
+        assert "not captured" in kept["data"][0]["output"]
+        assert c.get("/admin/v1/tenants/default/prompts").json()["data"] == []
+
+    store = redis.Redis.from_url(redis_url)
+    ttl_ms = store.pttl("prompts:{keeper}")
+    assert 0 < ttl_ms <= 43_200_000  # half a day
+    # Only the opted-in tenant's text exists anywhere in Redis.
+    holders = [k for k in store.scan_iter() if any(marker.encode() in v for v in _values(store, k))]
+    assert holders == [b"prompts:{keeper}"]
+
+    with gw.admin() as c:
+        assert c.delete("/admin/v1/tenants/keeper/prompts").json()["deleted"] == 2
+        assert c.get("/admin/v1/tenants/keeper/prompts").json()["data"] == []
+        audit = c.get("/admin/v1/audit").json()["data"][0]
+    assert audit["action"] == "erase-prompts" and audit["detail"] == {"tenant": "keeper", "deleted": 2}
+    assert store.exists("prompts:{keeper}") == 0
+
+
+def _values(store: redis.Redis, key: bytes) -> list[bytes]:
+    kind = store.type(key).decode()
+    if kind == "string":
+        return [store.get(key) or b""]
+    if kind == "hash":
+        return list(store.hgetall(key).values())
+    if kind == "stream":
+        return [v for _, f in store.xrange(key) for v in f.values()]
+    return [store.dump(key) or b""]
