@@ -33,6 +33,13 @@ class StepperKind(StrEnum):
     reference = "reference"
 
 
+class RouterChoice(StrEnum):
+    least_loaded = "least-loaded"
+    prefix_affinity = "prefix-affinity"
+    affinity_bounded = "affinity-bounded"
+    combined = "combined"
+
+
 def _parse_rate(rate: str) -> float | None:
     if rate.strip().lower() in ("inf", "infinity", "none"):
         return None
@@ -148,17 +155,37 @@ def register(app: typer.Typer) -> None:
         stepper: StepperKind = typer.Option(
             StepperKind.fast, help="fast: decoding requests as a cohort (same results); reference: every"
             " request every step"),
+        prefix_caching: bool = typer.Option(False, help="vLLM's automatic prefix caching in every replica"),
+        router: RouterChoice = typer.Option(
+            RouterChoice.least_loaded, help="cluster routing: least-loaded, prefix-affinity,"
+            " affinity-bounded (falls back above 8 requests of imbalance) or combined"),
+        shared_contexts: int | None = typer.Option(
+            None, help="each prompt = one of N shared contexts (--context-len tokens) + --input-len own"
+            " tokens"),
+        context_len: int = typer.Option(6000, help="tokens per shared context (with --shared-contexts)"),
+        conversation_turns: int | None = typer.Option(
+            None, help="multi-turn chats of T turns: each prompt carries the history (--input-len per user"
+            " turn)"),
     ) -> None:
         """Play a workload through the engine on a discrete-event clock and print vLLM-benchmark metrics."""
         from server.sim.offline import Workload
         from server.sim.offline import simulate as run_sim
+        from server.sim.prefixwork import Conversations, PrefixSpec, SharedContexts
 
+        if shared_contexts is not None and conversation_turns is not None:
+            raise typer.BadParameter("choose --shared-contexts or --conversation-turns, not both")
+        prefix: PrefixSpec | None = None
+        if shared_contexts is not None:
+            prefix = SharedContexts(shared_contexts, context_len)
+        elif conversation_turns is not None:
+            prefix = Conversations(conversation_turns)
         wl = Workload(num_requests=num_requests, input_len=input_len, output_len=output_len,
-                      rate=_parse_rate(rate), concurrency=concurrency, seed=seed)
+                      rate=_parse_rate(rate), concurrency=concurrency, seed=seed, prefix=prefix)
         res = run_sim(wl, model=model, gpu=gpu, tp=tp, dtype=dtype, kv_dtype=kv_dtype,
                       gpu_memory_utilization=gpu_memory_utilization, replicas=replicas,
                       max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                      policy=policy.value, chunked_prefill=chunked_prefill, stepper=stepper.value)
+                      policy=policy.value, chunked_prefill=chunked_prefill, stepper=stepper.value,
+                      prefix_caching=prefix_caching, router=router.value)
         summary: dict[str, Any] = dict(res.summary())
         if slo_ttft is not None or slo_tpot is not None:
             summary["goodput_rps"] = res.goodput(slo_ttft, slo_tpot)
@@ -204,6 +231,9 @@ def _print(inputs: dict[str, Any], s: dict[str, Any]) -> None:
         f"KV usage mean {s['kv_usage_mean']:.1%} max {s['kv_usage_max']:.1%} |"
         f" preemptions {s['preemptions']} | "
         f"steps {s['steps']} | simulated in {s['wall_s']:.2f} s wall")
+    if "prefix_cache_hit_rate" in s:
+        console.print(f"prefix cache hit rate {s['prefix_cache_hit_rate']:.1%} of prompt tokens"
+                      f" (router {inputs.get('router')})")
     if "goodput_rps" in s:
         console.print(f"goodput {s['goodput_rps']:.2f} req/s under TTFT<={s['slo_ttft_s']} s,"
                       f" TPOT<={s['slo_tpot_s']} s")

@@ -5,6 +5,11 @@ Numbers are derived by hand in each test from the block size and the prompt leng
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -181,3 +186,20 @@ def test_fast_stepper_equals_reference_with_prefix_caching_and_preemption(router
     assert fast.steps == ref.steps and fast.preemptions == ref.preemptions
     assert np.array_equal(fast.ttft, ref.ttft) and np.array_equal(fast.e2e, ref.e2e)
     assert fast.prefix_hit_rate == ref.prefix_hit_rate
+
+
+def test_simulate_cli_reports_the_hit_rate_of_each_router(tmp_path: Path) -> None:
+    rates = {}
+    for router in ("least-loaded", "prefix-affinity"):
+        out = tmp_path / f"{router}.json"
+        subprocess.run(
+            [sys.executable, "-m", "servelab.cli", "simulate", "--model", "llama-3.1-8b", "--replicas", "4",
+             "--num-requests", "300", "--rate", "20", "--input-len", "100", "--output-len", "20",
+             "--shared-contexts", "40", "--context-len", "2000", "--prefix-caching", "--router", router,
+             "--json", str(out)],
+            check=True, capture_output=True, timeout=120)
+        data = json.loads(out.read_text())
+        assert data["inputs"]["workload"]["prefix"]["working_set_tokens"] == 40 * 2000
+        rates[router] = data["results"]["prefix_cache_hit_rate"]
+    # 40 contexts over 4 replicas: affinity computes each context about once, least-loaded about 4 times.
+    assert rates["prefix-affinity"] > rates["least-loaded"] + 0.1
