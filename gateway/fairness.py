@@ -172,6 +172,10 @@ class FairPolicy:
     def depth_of(self, tenant: str) -> int:
         return sum(len(q.get(tenant, ())) for q in self._queues.values())
 
+    def depths(self) -> dict[tuple[Tier, str], int]:
+        """Requests waiting per (tier, tenant)."""
+        return {(tier, t): len(q) for tier in TIERS for t, q in self._queues[tier].items()}
+
     def active_tenants(self) -> Iterable[str]:
         for per_tenant in self._queues.values():
             yield from per_tenant

@@ -68,6 +68,7 @@ class FairQueue:
         # With a detector, free slots come from the backends' own metrics (gateway/saturation.py);
         # without one, `capacity` is a static cap on this replica's in-flight requests.
         self.detector: Detector | None = None
+        self.refused: dict[tuple[str, str, str], int] = {}  # (tenant, tier, shed | deadline) -> count
 
     @property
     def waiting(self) -> int:
@@ -106,6 +107,8 @@ class FairQueue:
         if verdict.action == "dispatch":
             return self._grant(pending, now)
         if verdict.action != "queue":
+            key = (tenant, share.tier, "shed" if verdict.action == "shed" else "deadline")
+            self.refused[key] = self.refused.get(key, 0) + 1
             raise Refused(verdict)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._futures[id(pending)] = fut

@@ -24,9 +24,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import aiohttp
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -116,14 +117,63 @@ async def run(
     detectors = [q.detector for q in queues.values() if q.detector is not None]
     for d in detectors:
         d.start(session)
+    failing = False
     try:
         while True:
             try:
                 await refresh(redis, config, queues)
             except RedisError as exc:
-                log.warning("Fair-queue counters not refreshed (Redis): error=%s", exc)
+                if not failing:  # once per outage, not every interval
+                    log.warning("Fair-queue counters not refreshed, keeping local ones: error=%s", exc)
+                failing = True
+            else:
+                failing = False
             await asyncio.sleep(interval_s)
     finally:
         for d in detectors:
             with contextlib.suppress(Exception):
                 await d.stop()
+
+
+class FairnessCollector:
+    """Prometheus view of the fair queues, computed when /metrics is read (nothing per request).
+
+    servelab_gateway_fair_queue_depth{model,tenant,tier}           requests waiting now
+    servelab_gateway_fair_counter{model,tenant}                    virtual token counter (this replica's view)
+    servelab_gateway_fair_refused_total{model,tenant,tier,reason}  shed / deadline refusals
+    servelab_gateway_fair_free_slots{model}                        free slots as the detector sees them
+    Queue wait per tenant is the histogram servelab_gateway_queue_wait_seconds.
+    """
+
+    def __init__(self, queues: Mapping[str, FairQueue]) -> None:
+        self.queues = queues
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "servelab_gateway_fair_queue_depth",
+            "Requests waiting in the fair queue.",
+            labels=["model", "tenant", "tier"],
+        )
+        counter = GaugeMetricFamily(
+            "servelab_gateway_fair_counter",
+            "Virtual token counter (weighted served tokens / plan weight), as this replica sees it.",
+            labels=["model", "tenant"],
+        )
+        refused = CounterMetricFamily(
+            "servelab_gateway_fair_refused",
+            "Requests refused at once by the fair queue.",
+            labels=["model", "tenant", "tier", "reason"],
+        )
+        free = GaugeMetricFamily(
+            "servelab_gateway_fair_free_slots", "Backend slots this replica may fill now.", labels=["model"]
+        )
+        for model, q in self.queues.items():
+            for (tier, tenant), n in q.policy.depths().items():
+                depth.add_metric([model, tenant, tier], n)
+            c = q.policy.counters
+            for tenant in sorted(set(c.base) | set(c.local) | set(c.floor)):
+                counter.add_metric([model, tenant], c.value(tenant))
+            for (who, band, reason), n in q.refused.items():
+                refused.add_metric([model, who, band, reason], n)
+            free.add_metric([model], q.free_slots())
+        yield from (depth, counter, refused, free)
