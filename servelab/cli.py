@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "servelab.stackcli",
     "servelab.top",
     "servelab.scenarios",
+    "servelab.rollout",
     "gateway.cli",
     "server.cli",
     "loadtest.cli",
