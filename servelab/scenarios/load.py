@@ -155,6 +155,16 @@ class Load:
         return list(await asyncio.gather(*tasks))
 
 
+async def closed_loop(load: Load, users: int, stop: asyncio.Event, tenant: str, key: str, **kw: Any) -> None:
+    """`users` clients, each sending its next request when its last one ends, until `stop` is set."""
+
+    async def user() -> None:
+        while not stop.is_set():
+            await load.one(tenant, key, **kw)
+
+    await asyncio.gather(*(user() for _ in range(users)))
+
+
 def _error_code(data: bytes) -> str:
     try:
         err = json.loads(data)["error"]
