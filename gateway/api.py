@@ -42,6 +42,7 @@ from gateway.errors import (
     RedisUnavailable,
     error_response,
 )
+from gateway.estimate import reservation
 from gateway.fairness import engine_priority
 from gateway.lifecycle import RequestOwner
 from gateway.metering import tenant_usage
@@ -192,7 +193,13 @@ async def _completions(
     plan = rt.plan(tenant)
     req.identify(principal, preq.model, model, plan)
     up_body, max_tokens = _upstream_body(raw, preq, plan, model)
-    reserve = preq.prompt_tokens_estimate + max_tokens
+    reserve = reservation(
+        rt.settings.prompt_reservation,
+        body_bytes=len(raw),
+        prompt_estimate=preq.prompt_tokens_estimate,
+        max_tokens=max_tokens,
+        tokens_per_minute=plan.tokens_per_minute,
+    )
 
     out_headers = {"x-request-id": req.request_id, "x-servelab-version": assigned.version}
     out_headers.update(await req.admit(reserve, preq.prompt_tokens_estimate))

@@ -69,6 +69,12 @@ class GatewaySettings(BaseSettings):
         description="How often this replica looks for requests of dead replicas to settle from their "
         "last checkpoint.",
     )
+    prompt_reservation: Literal["body_bytes", "bytes_div_4"] = Field(
+        default="body_bytes",
+        description="Tokens reserved for the prompt before a request runs: 'body_bytes' (a bound no "
+        "prompt shape can beat, see gateway/estimate.py) or 'bytes_div_4' (ceil(prompt bytes / 4), "
+        "more headroom, beatable by about 4x).",
+    )
     settled_ttl_s: int = Field(default=86_400, description="How long a settled request id is remembered.")
     key_cache_ttl_s: float = Field(
         default=30.0, description="Per-process API-key cache TTL; pub/sub revocation is the fast path."

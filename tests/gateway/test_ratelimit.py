@@ -1,4 +1,9 @@
-"""Token buckets, reservations and refunds, through the gateway, with the openai SDK as the client."""
+"""Token buckets, reservations and refunds, through the gateway, with the openai SDK as the client.
+
+These check the bucket arithmetic with small exact numbers, so they run the `bytes_div_4` prompt
+reservation (8 bytes -> 2 tokens, whatever bytes the SDK adds around the prompt); the default
+`body_bytes` reservation and the hostile prompt shapes it exists for are in test_hostile_prompts.py.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import redis
 from gwkit import plan
 
 MSG = [{"role": "user", "content": "12345678"}]  # 8 bytes -> 2 estimated prompt tokens
+ESTIMATE = "bytes_div_4"
 
 
 def hello(client: openai.OpenAI, **kw: object) -> object:
@@ -36,7 +42,10 @@ def test_rpm_burst_admits_exactly_the_limit(fast_upstream, write_config, gateway
 
 def test_tpm_bucket_admits_until_tokens_run_out(fast_upstream, write_config, gateway) -> None:
     # each request reserves 2 + 8 = 10 tokens and really uses 2 + 8: no refund, 10 fit in 100
-    gw = gateway(write_config([fast_upstream(tokens=8)], {"acme": plan(tokens_per_minute=100)}))
+    gw = gateway(
+        write_config([fast_upstream(tokens=8)], {"acme": plan(tokens_per_minute=100)}),
+        prompt_reservation=ESTIMATE,
+    )
     client = gw.client(gw.new_key("acme"))
     for _ in range(10):
         out = hello(client, max_tokens=8)
@@ -50,14 +59,19 @@ def test_tpm_bucket_admits_until_tokens_run_out(fast_upstream, write_config, gat
 
 
 def test_request_larger_than_the_bucket_is_refused_outright(fast_upstream, write_config, gateway) -> None:
-    gw = gateway(write_config([fast_upstream()], {"acme": plan(tokens_per_minute=50)}))
+    gw = gateway(
+        write_config([fast_upstream()], {"acme": plan(tokens_per_minute=50)}), prompt_reservation=ESTIMATE
+    )
     with pytest.raises(openai.RateLimitError) as info:
         hello(gw.client(gw.new_key("acme")), max_tokens=100)
     assert "Request too large" in info.value.body["message"]
 
 
 def test_monthly_quota_gives_insufficient_quota(fast_upstream, write_config, gateway) -> None:
-    gw = gateway(write_config([fast_upstream(tokens=8)], {"acme": plan(tokens_per_month=25)}))
+    gw = gateway(
+        write_config([fast_upstream(tokens=8)], {"acme": plan(tokens_per_month=25)}),
+        prompt_reservation=ESTIMATE,
+    )
     client = gw.client(gw.new_key("acme"))
     hello(client, max_tokens=8)
     hello(client, max_tokens=8)
@@ -69,7 +83,10 @@ def test_monthly_quota_gives_insufficient_quota(fast_upstream, write_config, gat
 
 async def test_concurrent_requests_cannot_overshoot_tpm(fast_upstream, write_config, gateway) -> None:
     # 20 requests at once, each reserving 10 of 100 tokens, each held 1.5 s upstream: exactly 10 admitted
-    gw = gateway(write_config([fast_upstream(tokens=8, ttft_ms=1500)], {"acme": plan(tokens_per_minute=100)}))
+    gw = gateway(
+        write_config([fast_upstream(tokens=8, ttft_ms=1500)], {"acme": plan(tokens_per_minute=100)}),
+        prompt_reservation=ESTIMATE,
+    )
     key = gw.new_key("acme")
     client = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0)
 
@@ -87,7 +104,10 @@ async def test_concurrent_requests_cannot_overshoot_tpm(fast_upstream, write_con
 
 def test_unused_reservation_is_refunded_at_settle(fast_upstream, write_config, gateway, redis_url) -> None:
     # reserve 2 + 40 = 42 of 100, use 2 + 4 = 6: without the refund only 2 requests would fit
-    gw = gateway(write_config([fast_upstream(tokens=4)], {"acme": plan(tokens_per_minute=100)}))
+    gw = gateway(
+        write_config([fast_upstream(tokens=4)], {"acme": plan(tokens_per_minute=100)}),
+        prompt_reservation=ESTIMATE,
+    )
     client = gw.client(gw.new_key("acme"))
     for _ in range(8):
         assert hello(client, max_tokens=40).usage.total_tokens == 6
