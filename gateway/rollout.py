@@ -3,8 +3,10 @@ each step, promote it at the end or roll it back by itself.
 
 A rollout is a JSON document in Redis (`rollout:<alias>`), written by the admin API
 (`servelab rollout start|promote|abort`) and advanced by one controller. Every gateway replica
-runs the controller loop, but only the one holding the lease `rollout:leader` (SET NX PX,
-renewed each tick) acts, so a dead leader is replaced within the lease time.
+runs the controller loop, but for each alias only the replica holding its lease
+`rollout:leader:<alias>` (SET NX PX, renewed each tick) acts, so a dead leader is replaced within
+the lease time. A replica whose config lacks one of the two versions (replicas in the middle of
+a config change) never takes the lease, and ignores stored weights that name no version of its.
 
 At each step the controller sets the weights (canary = the step's percent, baseline = the rest;
 every replica applies them through versions.py's pub/sub), waits `window_s`, and then compares
@@ -42,7 +44,7 @@ from gateway.versions import LiveVersions
 
 log = logging.getLogger("gateway.rollout")
 
-LEADER_KEY = "rollout:leader"
+LEADER_KEY = "rollout:leader:"  # + alias: one leader per rolled-out model
 TICK_S = 0.5
 LEADER_TTL_S = 5.0
 
@@ -262,32 +264,35 @@ class RolloutController:
         # alias -> (step index the window belongs to, window start, counts at window start)
         self._marks: dict[str, tuple[int, float, dict[str, VersionCounts]]] = {}
 
-    async def _lead(self) -> bool:
-        """Take or renew the leader lease; True while this replica is the leader."""
-        ttl_ms = int(LEADER_TTL_S * 1000)
-        if await self._redis.set(LEADER_KEY, self._me, nx=True, px=ttl_ms):
+    async def _lead(self, model: str) -> bool:
+        """Take or renew this model's leader lease; True while this replica leads it."""
+        key, ttl_ms = LEADER_KEY + model, int(LEADER_TTL_S * 1000)
+        if await self._redis.set(key, self._me, nx=True, px=ttl_ms):
             return True
         async with self._redis.pipeline(transaction=True) as pipe:
             try:
-                await pipe.watch(LEADER_KEY)
-                holder = await pipe.get(LEADER_KEY)
+                await pipe.watch(key)
+                holder = await pipe.get(key)
                 if holder is None or _text(holder) != self._me:
                     return False
                 pipe.multi()
-                pipe.pexpire(LEADER_KEY, ttl_ms)
+                pipe.pexpire(key, ttl_ms)
                 await pipe.execute()
                 return True
             except WatchError:
                 return False
 
     async def tick(self) -> None:
-        if not await self._lead():
-            self._marks.clear()  # a later leadership starts its windows afresh
-            return
         for model in self._models:
             r = await load(self._redis, model)
             if r is None or r.status != "running":
                 self._marks.pop(model, None)
+                continue
+            known = self._versions.versions(model)
+            if r.canary not in known or r.baseline not in known:
+                continue  # this replica's config lacks a version: leave it to one that has both
+            if not await self._lead(model):
+                self._marks.pop(model, None)  # a later leadership starts its window afresh
                 continue
             await self._advance(r)
 
@@ -364,14 +369,17 @@ class RolloutController:
                 if not failing:
                     log.warning("Rollout controller cannot reach Redis, retrying: error=%s", exc)
                 failing = True
+            except Exception:  # a bug must not stop every later rollout decision: log, go on
+                log.exception("Rollout controller tick failed; retrying next tick")
             await asyncio.sleep(TICK_S)
 
     async def release(self) -> None:
-        """Give up the lease at shutdown so another replica leads at once."""
+        """Give up the leases at shutdown so another replica leads at once."""
         with contextlib.suppress(RedisError):
-            holder = await self._redis.get(LEADER_KEY)
-            if holder is not None and _text(holder) == self._me:
-                await self._redis.delete(LEADER_KEY)
+            for model in self._models:
+                holder = await self._redis.get(LEADER_KEY + model)
+                if holder is not None and _text(holder) == self._me:
+                    await self._redis.delete(LEADER_KEY + model)
 
 
 # ---- operator actions (admin API) --------------------------------------------------------------

@@ -175,8 +175,16 @@ class LiveVersions:
     def _apply(self, model: str, stored: Mapping[str, float] | None) -> None:
         if model not in self._base:
             return
+        table = tuple((v, float((stored or {}).get(v, 0.0))) for v in self.versions(model))
+        if stored and sum(w for _, w in table) <= 0:
+            # Weights for versions this replica's config does not have (replicas mid config
+            # change): keep serving with the YAML weights rather than route nowhere.
+            log.warning(
+                "Ignoring stored weights naming no version of ours: model=%s stored=%s", model, stored
+            )
+            stored = None
         if stored:
-            self.weights[model] = tuple((v, float(stored.get(v, 0.0))) for v in self.versions(model))
+            self.weights[model] = table
             self.overridden.add(model)
         else:
             self.weights[model] = self._base[model]

@@ -261,3 +261,25 @@ def test_a_healthy_canary_is_promoted_step_by_step(
     actions = [e["action"] for e in reversed(st["audit"])]
     assert actions == ["start", "step", "promote"]
     assert [e["detail"]["canary_percent"] for e in reversed(st["audit"])] == [20.0, 50.0, 100.0]
+
+
+def test_a_replica_without_the_versions_keeps_serving_during_a_rollout(
+    tmp_path: Path,
+    fast_upstream: Callable[..., str],
+    gateway: Callable[..., GatewayHandle],
+    write_config: Any,
+) -> None:
+    """Replicas in the middle of a config change share Redis: the old config has no v1/v2."""
+    url = fast_upstream()
+    new = gateway(versions_config(tmp_path, [url], [url]))
+    old = gateway(write_config([url], tenants={"acme": plan()}))
+    with new.admin() as c:
+        assert c.post("/admin/v1/rollouts", json={"model": "fast", "canary": "v2", **GATE}).status_code == 201
+    wait_for(lambda: weights_of(new) == {"v1": 80.0, "v2": 20.0}, 10, "the rollout's first step")
+    client = old.client(old.new_key("acme"))
+    for i in range(5):
+        raw = client.chat.completions.with_raw_response.create(
+            model="fast", messages=MSG, max_tokens=2, extra_headers={"x-conversation-id": str(i)}
+        )
+        assert raw.headers["x-servelab-version"] == "default"
+    assert weights_of(old) == {"default": 100.0}
