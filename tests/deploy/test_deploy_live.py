@@ -12,7 +12,6 @@ simulator and a gateway, as child processes on 127.0.0.1), then:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import re
 import time
@@ -29,11 +28,6 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from servelab.procs import Child, free_port, start, wait_port
 from servelab.redisproc import find_redis_server
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("gateway.app") is None or importlib.util.find_spec("server.sim.api") is None,
-    reason="needs the gateway (gateway/app.py) and the simulator server (server/sim/api.py)",
-)
 
 # PromQL words that are not metric names.
 _PROMQL_WORDS = {
