@@ -43,10 +43,10 @@ def _money(usd: float) -> str:
 
 
 def capacity(
-    model: Annotated[str | None, typer.Option(help="catalog model key, e.g. mixtral-8x22b [default: "
-                                              "mixtral-8x7b, or the preset's]")] = None,
+    model: Annotated[str | None, typer.Option(help="catalog model key, e.g. mixtral-8x22b (default: "
+                                              "mixtral-8x7b, or the preset's)")] = None,
     gpu: Annotated[str | None, typer.Option(help="catalog GPU key: h100, h200, a100-80g, l40s, l4 "
-                                            "[default: h100, or the preset's]")] = None,
+                                            "(default: h100, or the preset's)")] = None,
     preset: Annotated[str | None, typer.Option(
         help="size a vLLM preset with its own engine settings (model, GPU, TP, dtype, max-num-seqs, "
         "gpu-memory-utilization); flags given explicitly override them")] = None,
@@ -61,14 +61,16 @@ def capacity(
     target_utilization: Annotated[float, typer.Option(
         help="headroom: plan each replica to run at this fraction of its SLO rate (1 = no headroom)")] = 0.8,
     gpu_hourly_usd: Annotated[float | None, typer.Option(
-        help="$ per GPU-hour [default: a dated on-demand quote per GPU type, see server/pricing.py]")] = None,
-    dtype: Annotated[str | None, typer.Option(help="weight dtype: bf16, fp8, int4 [default: bf16]")] = None,
-    kv_dtype: Annotated[str | None, typer.Option(help="KV-cache dtype [default: bf16]")] = None,
-    tp: Annotated[int | None, typer.Option(help="only this tensor-parallel degree [default: try 1, 2, 4, 8]")]
+        help="$ per GPU-hour (default: a dated on-demand quote per GPU type, see server/pricing.py)")] = None,
+    dtype: Annotated[str | None, typer.Option(help="weight dtype: bf16, fp8, int4 (default: bf16)")] = None,
+    kv_dtype: Annotated[str | None, typer.Option(help="KV-cache dtype (default: bf16)")] = None,
+    tp: Annotated[int | None, typer.Option(help="only this tensor-parallel degree (default: try 1, 2, 4, 8)")]
     = None,
-    gpu_memory_utilization: Annotated[float | None, typer.Option(help="[default: 0.9]")] = None,
-    max_num_seqs: Annotated[int | None, typer.Option(help="[default: 1024, or the preset's]")] = None,
-    max_num_batched_tokens: Annotated[int, typer.Option()] = 8192,
+    gpu_memory_utilization: Annotated[float | None, typer.Option(
+        help="fraction of GPU memory vLLM may use (default: 0.9, or the preset's)")] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(
+        help="vLLM's cap on running sequences (default: 1024, or the preset's)")] = None,
+    max_num_batched_tokens: Annotated[int, typer.Option(help="vLLM's token budget per step")] = 8192,
     failover: Annotated[bool, typer.Option(
         "--failover/--no-failover", help="simulate losing one replica to find k of N+k")] = True,
     failure_cell: Annotated[int, typer.Option(help="replicas simulated around the failed one")] = 16,
@@ -81,9 +83,7 @@ def capacity(
 ) -> None:
     """Replicas, GPUs and cost to serve a rate under a p95 TTFT/TPOT target (perf model + offline simulator).
 
-    Prints the SLO-limited rate of one replica per tensor-parallel degree, then for the recommended
-    one: headroom, N+k from a simulated replica failure, per-request goodput, the prefill/decode
-    share of GPU time, the range of the answer over the perf model's uncertain factors, and cost.
+    Per TP degree: one replica's SLO rate. For the best: headroom, N+k, goodput, prefill share, range, cost.
     """
     import sys
 

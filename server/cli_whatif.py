@@ -53,8 +53,7 @@ def specdecode(
 ) -> None:
     """TPOT with and without speculative decoding against batch size (perf model, no simulation).
 
-    Tokens per step follow (1 - a^(k+1)) / (1 - a); the verify pass of k + 1 tokens per sequence
-    and the draft passes are priced by the same roofline the simulator uses.
+    Tokens per step (1 - a^(k+1)) / (1 - a); draft passes and the verify pass priced by the roofline.
     """
     from rich.console import Console
     from rich.table import Table
@@ -131,8 +130,7 @@ def ep_vs_tp(
 ) -> None:
     """Size an MoE model on one node three ways: tensor parallel, expert parallel, and DP attention + EP.
 
-    Step times come from server/expertpar.py (hottest GPU sets the MoE part: no token dropping);
-    replicas from the same SLO bisection as `servelab capacity`.
+    Step times from server/expertpar.py (the busiest GPU sets the MoE time); replicas as in `capacity`.
     """
     from rich.console import Console
     from rich.table import Table
