@@ -44,6 +44,7 @@ from gateway.errors import (
 )
 from gateway.liveplans import CONFIG_CHANNEL
 from gateway.metrics import GatewayMetrics
+from gateway.prefixroute import PrefixAffinity
 from gateway.proxy import new_session
 from gateway.ratelimit import Limiter
 from gateway.rollout import RolloutController
@@ -190,7 +191,9 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
             connect_timeout_s=settings.upstream_connect_timeout_s,
             read_timeout_s=settings.upstream_read_timeout_s,
         )
-        pool = pool_from_config(cfg, down_s=settings.backend_down_s)
+        bound = settings.prefix_affinity_load_bound
+        pool = pool_from_config(cfg, down_s=settings.backend_down_s,
+                                affinity=None if bound is None else PrefixAffinity(load_bound=bound))
         rt = Runtime(
             settings=settings,
             config=cfg,

@@ -104,7 +104,8 @@ async def open_upstream(
     headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
     tried: Backend | None = None
     for _attempt in range(2):
-        backend = pool.pick_route(route, exclude=tried) if route else pool.pick(model, exclude=tried)
+        backend = (pool.pick_route(route, exclude=tried, body=body) if route
+                   else pool.pick(model, exclude=tried, body=body))
         backend.outstanding += 1
         started = time.perf_counter()
         try:

@@ -1,5 +1,6 @@
 """Which backend replica serves a request: the version's backends, inside the tenant's regions,
-least outstanding requests, skipping ones that refused.
+least outstanding requests (or, optionally, prefix affinity within a load bound:
+gateway/prefixroute.py), skipping ones that refused.
 
 Each gateway replica counts its own outstanding requests per backend URL; with N replicas this
 is N independent views, which is fine for balancing (it is not a limit). A backend that refused
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 from gateway.config import GatewayConfig
 from gateway.errors import NoBackendInRegion
+from gateway.prefixroute import PrefixAffinity
 
 
 class Backend:
@@ -55,9 +57,12 @@ class BackendPool:
         clock: Callable[[], float] = time.monotonic,
         versions: dict[tuple[str, str], list[str]] | None = None,
         regions: dict[str, str] | None = None,
+        affinity: PrefixAffinity | None = None,
     ) -> None:
-        """`versions` maps (model, version) to its URLs; `regions` maps a URL to its region."""
+        """`versions` maps (model, version) to its URLs; `regions` maps a URL to its region;
+        `affinity` (gateway/prefixroute.py) turns least-loaded into prefix-affinity with a load bound."""
         self._down_s = down_s
+        self.affinity = affinity
         self._clock = clock
         regions = regions or {}
         self.by_model: dict[str, list[Backend]] = {}
@@ -73,15 +78,15 @@ class BackendPool:
         }
         self.all = list(by_url.values())
 
-    def pick(self, model: str, exclude: Backend | None = None) -> Backend:
+    def pick(self, model: str, exclude: Backend | None = None, body: bytes = b"") -> Backend:
         """Any backend of the model (no version, no region): least loaded, down ones skipped."""
-        return self._least_loaded(self.by_model[model], exclude)
+        return self._least_loaded(self.by_model[model], exclude, body)
 
-    def pick_route(self, route: Route, exclude: Backend | None = None) -> Backend:
+    def pick_route(self, route: Route, exclude: Backend | None = None, body: bytes = b"") -> Backend:
         """A backend of the route's version inside its regions; raises NoBackendInRegion."""
         group = self.by_version.get((route.model, route.version)) or self.by_model[route.model]
         if route.regions is None:
-            return self._least_loaded(group, exclude)
+            return self._least_loaded(group, exclude, body)
         allowed = [b for b in group if b.region in route.regions]
         where = ", ".join(sorted(route.regions))
         if not allowed:
@@ -96,7 +101,7 @@ class BackendPool:
                 f"No healthy backend of model {route.model!r} (version {route.version!r}) in this "
                 f"tenant's regions ({where}); the request was not sent to another region."
             )
-        return min(up, key=lambda b: b.outstanding)
+        return self._choose(up, body)
 
     def candidates(self, route: Route) -> Collection[Backend]:
         """The backends a route may use (for deciding whether a retry elsewhere is possible)."""
@@ -105,17 +110,24 @@ class BackendPool:
             return group
         return [b for b in group if b.region in route.regions]
 
-    def _least_loaded(self, group: list[Backend], exclude: Backend | None) -> Backend:
+    def _least_loaded(self, group: list[Backend], exclude: Backend | None, body: bytes = b"") -> Backend:
         now = self._clock()
         candidates = [b for b in group if b is not exclude] or group
         up = [b for b in candidates if b.down_until <= now] or candidates
+        return self._choose(up, body)
+
+    def _choose(self, up: list[Backend], body: bytes) -> Backend:
+        if self.affinity is not None and body and len(up) > 1:
+            return self.affinity.choose(up, self.affinity.blocks(body))
         return min(up, key=lambda b: b.outstanding)
 
     def mark_down(self, backend: Backend) -> None:
         backend.down_until = self._clock() + self._down_s
 
 
-def pool_from_config(config: GatewayConfig, *, down_s: float) -> BackendPool:
+def pool_from_config(
+    config: GatewayConfig, *, down_s: float, affinity: PrefixAffinity | None = None
+) -> BackendPool:
     """The pool for a config: every model's backends, grouped by version, with their regions."""
     return BackendPool(
         {name: m.backends for name, m in config.models.items()},
@@ -126,4 +138,5 @@ def pool_from_config(config: GatewayConfig, *, down_s: float) -> BackendPool:
             for v, spec in m.version_table().items()
         },
         regions={url: region for region, urls in config.regions.items() for url in urls},
+        affinity=affinity,
     )

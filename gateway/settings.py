@@ -88,6 +88,11 @@ class GatewaySettings(BaseSettings):
     backend_down_s: float = Field(
         default=2.0, description="How long a backend that refused a connection is skipped by routing."
     )
+    prefix_affinity_load_bound: int | None = Field(
+        default=None,
+        description="Route a prompt to the backend its prefix went to before, unless that backend has more"
+        " than this many outstanding requests above the least loaded (gateway/prefixroute.py); unset: off.",
+    )
     queue_timeout_s: float = Field(
         default=30.0, description="Longest wait in the fair queue of a saturated model before a 503."
     )
