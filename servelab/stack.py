@@ -51,6 +51,7 @@ class StackConfig:
     tp: int = 2
     dtype: str = "bf16"
     sim_args: tuple[str, ...] = ()
+    max_num_seqs: int | None = None
     second_model: str | None = None
     second_model_tp: int = 1
     config_path: Path | None = None
@@ -192,13 +193,16 @@ class Stack:
             return (cfg.backend_port + i) if cfg.backend_port else free_port()
 
         models: dict[str, list[str]] = {cfg.model: []}
+        sim_args = cfg.sim_args
+        if cfg.max_num_seqs:
+            sim_args = ("--max-num-seqs", str(cfg.max_num_seqs), *sim_args)
         waiting: list[tuple[ChildInfo, Child]] = []
         spare_urls = []
         for i in range(cfg.backends + cfg.spare_backends):
             port = backend_port(i)
             url = f"http://127.0.0.1:{port}"
             spec = ChildInfo(
-                name=f"sim-{i}", argv=_sim_argv(cfg.model, cfg.gpu, cfg.tp, cfg.dtype, port, cfg.sim_args),
+                name=f"sim-{i}", argv=_sim_argv(cfg.model, cfg.gpu, cfg.tp, cfg.dtype, port, sim_args),
                 log=str(state / f"sim-{i}.log"), url=url, health=f"{url}/health", started=False,
             )  # fmt: skip
             self.specs[spec.name] = spec
@@ -227,6 +231,10 @@ class Stack:
         source = cfg.config_path or demo_config_path()
         config = yaml.safe_load(source.read_text())
         config = rewrite_backends(config, cfg.model, models[cfg.model])
+        if cfg.max_num_seqs:
+            # The gateway's fair queue engages when these engines are saturated (gateway/saturation.py).
+            entry = config["models"][cfg.model]
+            entry.setdefault("fairness", {"max_num_seqs": cfg.max_num_seqs, "gateway_replicas": cfg.gateways})
         if cfg.second_model:
             config = add_model(config, cfg.second_model, models[cfg.second_model], like=cfg.model)
         gw_config = state / "gateway.yaml"

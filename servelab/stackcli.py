@@ -62,6 +62,14 @@ def up(
         ),
     ] = 0,
     gateways: Annotated[int, typer.Option(min=1, help="Gateway replicas sharing Redis.")] = 1,
+    max_num_seqs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Batch slots per simulated replica (vLLM's --max-num-seqs); also turns on the gateway's "
+            "fair queue, which engages when the replicas are saturated.",
+        ),
+    ] = None,
     sim_arg: Annotated[
         list[str],
         typer.Option(help="Extra `servelab serve` argument per simulator, e.g. --sim-arg=--max-num-seqs=16."),
@@ -91,6 +99,7 @@ def up(
         spare_backends=spare_backends,
         gateways=gateways,
         sim_args=tuple(sim_arg),
+        max_num_seqs=max_num_seqs,
         second_model=second_model,
         model=model,
         gpu=gpu,

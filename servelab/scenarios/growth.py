@@ -63,7 +63,7 @@ def scale_out(ctx: Context) -> list[Check]:
     if seqs > 64:
         raise Precondition(
             f"replicas run --max-num-seqs {seqs}: saturating them needs thousands of clients; "
-            "start the stack with --sim-arg=--max-num-seqs=16"
+            "start the stack with --max-num-seqs 8"
         )
     users = int(1.5 * len(running) * seqs)
     phase = 8.0 if ctx.short else 20.0
