@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint clean airgap-test compose-up-cpu compose-up-gpu compose-down kind-up kind-down
+.PHONY: demo test install lint clean airgap-test compose-smoke compose-up-cpu compose-up-gpu compose-down kind-up kind-down
 
 # uv through `python -m uv`: a freshly pip-installed uv may not be on PATH yet (pyenv shims).
 $(BIN)/servelab: pyproject.toml
@@ -34,6 +34,11 @@ compose-up-gpu: install
 	scripts/compose-up.sh gpu $(PRESET)
 compose-down:
 	scripts/compose-down.sh
+## The cpu stack for real under Docker, offline: starts dockerd if needed (root), builds the images
+## (stand-ins from Debian packages when no registry answers), checks it, tears it down, writes
+## docs/results/compose-run.md. 2-6 minutes (scripts/compose_smoke.py).
+compose-smoke: install
+	scripts/compose-smoke.sh
 kind-up:
 	scripts/kind-up.sh
 kind-down:

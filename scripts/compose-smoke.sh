@@ -5,7 +5,7 @@
 #   scripts/compose-smoke.sh [--git-ref HEAD] [--keep] [--results PATH] [--help]
 # Exit status: 0 passed, 1 a check failed, 2 no virtualenv, 3 Docker cannot be started here.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "${0%/*}/.."
 if ! .venv/bin/python -c 'import openai, servelab' >/dev/null 2>&1; then
   echo "error: the servelab virtualenv is missing (.venv/bin/python cannot import openai, servelab); run 'make install'" >&2
   exit 2
