@@ -46,7 +46,9 @@ def specdecode(
     draft_model: Annotated[str | None, typer.Option(help="draft model (catalog key) for draft_model")] = None,
     k: Annotated[int, typer.Option("--k", help="num_speculative_tokens: tokens drafted per step")] = 4,
     acceptance: Annotated[float, typer.Option(
-        help="probability that each drafted token is accepted (workload-dependent; vLLM logs it)")] = 0.6,
+        help="probability that each drafted token is accepted (workload-dependent)")] = 0.6,
+    accepted_length: Annotated[float | None, typer.Option(
+        help="instead of --acceptance: the mean acceptance length vLLM reports (tokens per step)")] = None,
     context: Annotated[int, typer.Option(help="tokens already in each sequence's KV cache")] = 1125,
     batches: Annotated[str, typer.Option(help="decode batch sizes to tabulate")] = DEFAULT_BATCHES,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
@@ -59,12 +61,20 @@ def specdecode(
     from rich.table import Table
 
     from server.perfmodel import PerfModel
-    from server.specdecode import SpecConfig, SpecModel, expected_tokens_per_step, kv_capacity
+    from server.specdecode import (
+        SpecConfig,
+        SpecModel,
+        acceptance_from_length,
+        expected_tokens_per_step,
+        kv_capacity,
+    )
 
     if method not in ("ngram", "draft_model"):
         raise typer.BadParameter("--method must be ngram or draft_model")
     sizes = _ints(batches)
     try:
+        if accepted_length is not None:
+            acceptance = acceptance_from_length(k, accepted_length)
         cfg = SpecConfig(k=k, acceptance=acceptance, method=method, draft_model=draft_model)  # type: ignore[arg-type]
         target = PerfModel.build(model, gpu, tp=tp, dtype=dtype)
         spec = SpecModel.build(target, cfg)

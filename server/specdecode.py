@@ -47,6 +47,22 @@ def expected_tokens_per_step(k: int, acceptance: float) -> float:
     return (1 - acceptance ** (k + 1)) / (1 - acceptance)
 
 
+def acceptance_from_length(k: int, accepted_length: float) -> float:
+    """The per-token acceptance rate a whose E(k, a) equals a measured mean accepted length.
+
+    vLLM reports speculation as a mean acceptance length (tokens per step, bonus token included)
+    and an "acceptance rate" = accepted drafts / proposed drafts = (length - 1) / k. The second is
+    not the a of the formula: for k = 3 a length of 2.25 is a vLLM rate of 0.42 but a = 0.62.
+    """
+    if not 1 <= accepted_length <= k + 1:
+        raise ValueError(f"a mean accepted length with k={k} lies in [1, {k + 1}]")
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # E(k, a) increases with a: bisect
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected_tokens_per_step(k, mid) < accepted_length else (lo, mid)
+    return (lo + hi) / 2
+
+
 @dataclass(frozen=True)
 class SpecConfig:
     """vLLM's `--speculative-config`: method, num_speculative_tokens (k), and the draft model."""
@@ -175,4 +191,5 @@ def tokens_per_step_table(ks: tuple[int, ...], acceptances: tuple[float, ...]) -
     return [[expected_tokens_per_step(k, a) for a in acceptances] for k in ks]
 
 
-__all__ = ["SpecConfig", "SpecModel", "SpecPoint", "expected_tokens_per_step", "kv_capacity"]
+__all__ = ["SpecConfig", "SpecModel", "SpecPoint", "acceptance_from_length", "expected_tokens_per_step",
+           "kv_capacity"]

@@ -423,6 +423,16 @@ def render_levers() -> list[str]:
         "that time also had CPU overheads the V1 profile does not carry (the docs warned it was "
         "'not yet optimized'), which a fitted acceptance rate would absorb.",
         "",
+        "A later study, SpecDecode-Bench (Liu et al., 'Speculative Decoding: Performance or "
+        "Illusion?', arXiv 2601.11580; vLLM 0.10.1, H100, k = 3), measured throughput speedups "
+        "against batch 1-128 and publishes Llama-3.1-8B's per-position acceptance traces "
+        "(SpecDecode-Bench/simulator, data/). Its speedups are in figures; the numbers in its text "
+        "are for EAGLE (x1.96 at batch 1 on Llama-3-70B, x1.21 at batch 128 on Llama-3.1-8B/GSM8K), "
+        "which this model does not cover, and a draft pass costing ~12.5% of a Llama-3-70B target "
+        "step and ~37.5% of an 8B one (draft pairings in the paper's Table 5, not read here). Turning "
+        "its figures and traces into rows is the next step; `acceptance_from_length` converts vLLM's "
+        "reported mean acceptance length into the model's a.",
+        "",
         "Expert parallelism: **no published vLLM measurement of Mixtral (8x7B or 8x22B) with "
         "`--enable-expert-parallel` against tensor parallelism was found.** vLLM PR #2090 (Dec 2023, "
         "'Mixtral expert parallelism') reports 4-5x lower end-to-end latency on A100-40GB TP8, but "

@@ -121,5 +121,7 @@ def test_specdecode_cli() -> None:
     out = json.loads(res.output)
     assert out["tokens_per_step"] == pytest.approx(1.9375)
     assert [p["batch"] for p in out["points"]] == [1, 16, 512]
+    from_length = CliRunner().invoke(app, ["specdecode", "--k", "3", "--accepted-length", "2.25", "--json"])
+    assert json.loads(from_length.output)["inputs"]["acceptance"] == pytest.approx(0.622, abs=1e-3)
     bad = CliRunner().invoke(app, ["specdecode", "--method", "draft_model"])
     assert bad.exit_code == 2 and "needs a draft model" in bad.output

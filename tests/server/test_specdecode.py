@@ -6,7 +6,13 @@ import pytest
 
 from server.perfmodel import PerfModel
 from server.sim.engine import LinearCost
-from server.specdecode import SpecConfig, SpecModel, expected_tokens_per_step, kv_capacity
+from server.specdecode import (
+    SpecConfig,
+    SpecModel,
+    acceptance_from_length,
+    expected_tokens_per_step,
+    kv_capacity,
+)
 
 # fixed 5 ms + 0.1 ms per prefill (verify) token + 0.2 ms per decoding sequence
 TARGET = LinearCost(fixed_s=0.005, per_prefill_token_s=0.0001, per_decode_seq_s=0.0002)
@@ -78,3 +84,15 @@ def test_draft_model_takes_kv_room() -> None:
     # (7B: 32 layers); 7B's bf16 weights (14.5 GB / 8) come out of the budget first
     budget = pm.kv_budget_bytes_per_gpu() - m.draft.weight_bytes_per_gpu()  # type: ignore[attr-defined]
     assert shared == budget // (16 * (28672 + 16384)) * 16
+
+
+def test_acceptance_from_vllms_mean_accepted_length() -> None:
+    # k = 3, mean accepted length 2.25 (vLLM's "acceptance rate" (2.25 - 1) / 3 = 0.42):
+    # (1 - a^4) / (1 - a) = 1 + a + a^2 + a^3 = 2.25, i.e. a + a^2 + a^3 = 1.25: a = 0.622
+    # (0.622 + 0.3869 + 0.2406 = 1.2495)
+    a = acceptance_from_length(3, 2.25)
+    assert expected_tokens_per_step(3, a) == pytest.approx(2.25)
+    assert a == pytest.approx(0.622, abs=1e-3)
+    assert acceptance_from_length(4, 1.0) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="lies in"):
+        acceptance_from_length(3, 4.5)
