@@ -57,7 +57,16 @@ if [ "$FLAVOUR" = gpu ]; then
 fi
 
 echo "building $IMAGE"
-docker build -t "$IMAGE" .
+# The Dockerfile needs BuildKit (its CA-certificate secret mount): on by default in Docker 23+ (buildx),
+# behind DOCKER_BUILDKIT=1 in 20.10. Extra CA certificates (a TLS-intercepting proxy's) reach pip as
+# a build secret, never a layer.
+BUILD_ARGS=()
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  mkdir -p deploy/.generated
+  (umask 077 && cat /usr/local/share/ca-certificates/*.crt >deploy/.generated/extra-ca.pem)
+  BUILD_ARGS+=(--secret id=extra-ca,src=deploy/.generated/extra-ca.pem)
+fi
+DOCKER_BUILDKIT=1 docker build "${BUILD_ARGS[@]}" -t "$IMAGE" .
 echo "starting: ${COMPOSE[*]} ${FILES[*]} up -d --wait (up to $TIMEOUT s)"
 "${COMPOSE[@]}" "${FILES[@]}" up -d --wait --wait-timeout "$TIMEOUT"
 
