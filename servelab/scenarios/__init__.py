@@ -51,6 +51,11 @@ _CATALOG: dict[str, tuple[str, str, str]] = {
         "2x capacity: shedding by tier, top tier's goodput kept",
         "--backends 1 or more",
     ),
+    "canary": (
+        "canary",
+        "a model update rolled out by the SLO gate: healthy one promoted, slow one rolled back",
+        "any stack (brings 3 simulators and a gateway of its own, on the stack's Redis)",
+    ),
 }
 
 UP_FOR_ALL = "servelab up --backends 2 --spare-backends 1 --gateways 2 --max-num-seqs 8"
