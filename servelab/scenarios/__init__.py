@@ -41,11 +41,6 @@ _CATALOG: dict[str, tuple[str, str, str]] = {
         "a noisy tenant floods the model; a steady tenant keeps its share",
         "--backends 1 or more",
     ),
-    "canary": (
-        "canary",
-        "a model update rolled out by the SLO gate: healthy one promoted, slow one rolled back",
-        "any stack (brings 3 simulators and a gateway of its own, on the stack's Redis)",
-    ),
     "overload": (
         "contention",
         "2x capacity: shedding by tier, top tier's goodput kept",
