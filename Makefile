@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint clean airgap-test compose-smoke compose-up-cpu compose-up-gpu compose-down kind-up kind-down
+.PHONY: demo test install lint clean airgap-test onprem-test compose-smoke compose-up-cpu compose-up-gpu compose-down kind-up kind-down
 
 # uv through `python -m uv`: a freshly pip-installed uv may not be on PATH yet (pyenv shims).
 $(BIN)/servelab: pyproject.toml
@@ -48,6 +48,10 @@ kind-down:
 ## inside a network namespace with no network (scripts/airgap-*.sh, docs/onprem.md). ~1-3 min.
 airgap-test: install
 	SERVELAB_AIRGAP_TEST=1 $(BIN)/pytest -q tests/airgap
+
+## The on-prem checks too long for `make test`: the canary scenario (~35 s) and the air-gapped install.
+onprem-test: install
+	SERVELAB_ONPREM_TEST=1 SERVELAB_AIRGAP_TEST=1 $(BIN)/pytest -q tests/onprem tests/airgap
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs
