@@ -121,12 +121,11 @@ class Detector:
         self._task: asyncio.Task[None] | None = None
 
     def free_slots(self) -> int:
+        own = self.own_in_flight()
+        if self.scraped_at == 0.0:  # nothing read yet: only this replica's slice is known to be free
+            return self.thresholds.max_num_seqs * max(len(self.backends), 1) // max(self.replicas, 1) - own
         return free_slots(
-            self.loads,
-            self.thresholds,
-            own_now=self.own_in_flight(),
-            own_at_scrape=self.own_at_scrape,
-            replicas=self.replicas,
+            self.loads, self.thresholds, own_now=own, own_at_scrape=self.own_at_scrape, replicas=self.replicas
         )
 
     def saturated(self) -> bool:

@@ -202,6 +202,9 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=300.0, help="offline seconds of offered load per run")
     ap.add_argument("--warmup", type=float, default=30.0, help="seconds left out of the figures")
     ap.add_argument("--out", type=Path, default=ROOT / "docs/results/fairness.md")
+    ap.add_argument("--live-duration", type=float, default=45.0, help="seconds of load per live run")
+    ap.add_argument("--live-warmup", type=float, default=10.0)
+    ap.add_argument("--no-live", action="store_true", help="offline only (no processes started)")
     args = ap.parse_args()
     plots = args.out.parent / "fairness"
     plots.mkdir(parents=True, exist_ok=True)
@@ -286,6 +289,20 @@ def main() -> None:
         res_many.records, weights={t.name: 1.0 for t in many.tenants}, end_s=60.0, warmup_s=10.0
     )
 
+    live: list[str] = []
+    if not args.no_live:
+        import tempfile
+
+        ld, lw = args.live_duration, args.live_warmup
+        sim_same = {}
+        for front in ("fcfs", "vtc"):
+            cfg = FrontConfig(front=front, gateways=2, backends=BACKENDS, burst_allowance=BURST)  # type: ignore[arg-type]
+            sim_same[front] = offline(backend, workload_a(cap * BACKENDS, ld), cfg, lw, ("noisy",))[0]
+        with tempfile.TemporaryDirectory(prefix="fairness-") as tmp:
+            reps_live = live_runs(ld, lw, cap, Path(tmp))
+        for front, rep in reps_live.items():
+            plot_service(rep, f"live A, {front}", plots / f"live-a-{front}.png")
+        live = live_section(reps_live, sim_same, ld, lw)
     write_report(
         args.out,
         cap,
@@ -297,8 +314,177 @@ def main() -> None:
         d,
         w,
         time.perf_counter() - t0,
+        live,
     )
     print(f"wrote {args.out}")
+
+
+# -- live stack: real redis-server, 2 simulated backends, 2 gateway processes ------------------------
+
+ADMIN = "fairness-bench-admin"
+LIVE_FRONTS: dict[str, dict[str, Any]] = {
+    "fcfs": {},
+    "static": {"max_in_flight_per_backend": MAX_NUM_SEQS},
+    "vtc": {
+        "fairness": {
+            "max_num_seqs": MAX_NUM_SEQS,
+            "gateway_replicas": 2,
+            "burst_tokens": BURST,
+            "max_waiting": 0,
+            "engine_priority": True,
+        }
+    },
+}
+LIVE_LABELS = {
+    "fcfs": "FCFS (no gateway queue)",
+    "static": f"static cap {MAX_NUM_SEQS}/backend per replica (VTC order, no detector)",
+    "vtc": "VTC + saturation detector (global)",
+}
+
+
+def live_runs(duration_s: float, warmup_s: float, cap: float, workdir: Path) -> dict[str, FairnessReport]:
+    """Workload A on the live stack once per front; returns the reports by front."""
+    import asyncio
+
+    import httpx
+    import yaml
+
+    from loadtest.fairload import report, run_workload, workload_a
+    from servelab.procs import Child, free_port, python_module, start, wait_http_ok
+    from servelab.redisproc import start_redis
+
+    children: list[Child] = []
+    redis = start_redis(workdir / "redis", log_path=workdir / "redis.log")
+    out: dict[str, FairnessReport] = {}
+    try:
+        backends = []
+        for i in range(BACKENDS):
+            port = free_port()
+            argv = python_module(
+                "servelab.cli",
+                "serve",
+                "--engine",
+                "sim",
+                "--model",
+                MODEL["model"],
+                "--gpu",
+                MODEL["gpu"],
+                "--tp",
+                str(MODEL["tp"]),
+                "--dtype",
+                "bf16",
+                "--port",
+                str(port),
+                "--served-model-name",
+                "m",
+                "--max-num-seqs",
+                str(MAX_NUM_SEQS),
+                "--scheduling-policy",
+                "priority",
+            )
+            children.append(start(f"sim{i}", argv, log_path=workdir / f"sim{i}.log"))
+            wait_http_ok(f"http://127.0.0.1:{port}/health", timeout_s=120, proc=children[-1].popen)
+            backends.append(f"http://127.0.0.1:{port}")
+        wl = workload_a(cap * BACKENDS, duration_s)
+        tenants = [t.name for t in wl.tenants]
+        for front, model_extra in LIVE_FRONTS.items():
+            cfg = {
+                "plans": {
+                    "std": {
+                        "requests_per_minute": 100_000,
+                        "tokens_per_minute": 100_000_000,
+                        "tokens_per_month": 10_000_000_000,
+                        "max_concurrent_requests": 10_000,
+                        "max_queue_s": 30,
+                    }
+                },
+                "tenants": {t: {"plan": "std"} for t in tenants},
+                "models": {"m": {"backends": backends, **model_extra}},
+            }
+            path = workdir / f"gateway-{front}.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            urls, gws = [], []
+            for _ in range(2):
+                port = free_port()
+                gw = start(
+                    f"gw-{front}-{port}",
+                    python_module("gateway", "--config", str(path), "--port", str(port)),
+                    env={
+                        "REDIS_URL": redis.url,
+                        "SERVELAB_ADMIN_TOKEN": ADMIN,
+                        "SERVELAB_SPOOL_DIR": str(workdir / f"spool-{port}"),
+                    },
+                    log_path=workdir / f"gw-{front}-{port}.log",
+                )
+                gws.append(gw)
+                wait_http_ok(f"http://127.0.0.1:{port}/healthz", timeout_s=60, proc=gw.popen)
+                urls.append(f"http://127.0.0.1:{port}")
+            keys = {}
+            for t in tenants:
+                r = httpx.post(
+                    f"{urls[0]}/admin/v1/tenants/{t}/keys",
+                    json={"name": "bench"},
+                    headers={"authorization": f"Bearer {ADMIN}"},
+                    timeout=10,
+                )
+                r.raise_for_status()
+                keys[t] = r.json()["key"]
+            print(f"live {front}: {duration_s:.0f} s of workload A", flush=True)
+            records = asyncio.run(run_workload(urls, keys, wl, "m", client_timeout_s=CLIENT_TIMEOUT_S))
+            out[front] = report(
+                records, wl, warmup_s, backlogged=("noisy",), client_timeout_s=CLIENT_TIMEOUT_S
+            )
+            for gw in gws:
+                gw.stop()
+    finally:
+        for c in reversed(children):
+            c.stop()
+        redis.stop()
+    return out
+
+
+def _steady_p95(rep: FairnessReport) -> float:
+    return max(s.ttft_p95_s for t, s in rep.tenants.items() if t.startswith("steady"))
+
+
+def live_section(
+    live: dict[str, FairnessReport], sim: dict[str, FairnessReport], d: float, w: float
+) -> list[str]:
+    fcfs_tput = live["fcfs"].throughput_tokens_per_s
+    lines = [
+        "## Live stack: workload A on 2 gateway replicas, 2 simulated backends, real Redis",
+        "",
+        f"Each run: {d:.0f} s of load, figures over [{w:.0f} s, {d:.0f} s]; `loadtest/fairload.py` sends "
+        "streaming chat completions with exact-length prompts round robin to the two gateway processes; "
+        f"backends run `servelab serve --engine sim` (same model, max_num_seqs {MAX_NUM_SEQS}, "
+        "--scheduling-policy priority).",
+        "",
+        *table_a([(f"{LIVE_LABELS[k]} | 2", r) for k, r in live.items()], math.nan, fcfs_tput)[:-1],
+        "",
+        "Live against the offline simulator on the same workload, duration and window "
+        "(2 gateways, 2 backends):",
+        "",
+        "| front | figure | live | simulated | live / simulated - 1 |",
+        "|---|---|---|---|---|",
+    ]
+    for front in ("fcfs", "vtc"):
+        lv, sm = live[front], sim[front]
+        total_l = sum(x.service_rate for x in lv.tenants.values())
+        total_s = sum(x.service_rate for x in sm.tenants.values())
+        for name, a, b in (
+            ("worst steady p95 TTFT s", _steady_p95(lv), _steady_p95(sm)),
+            (
+                "noisy share of service",
+                lv.tenants["noisy"].service_rate / total_l,
+                sm.tenants["noisy"].service_rate / total_s,
+            ),
+            ("Jain (max-min)", lv.jain, sm.jain),
+            ("tokens/s", lv.throughput_tokens_per_s, sm.throughput_tokens_per_s),
+        ):
+            rel = f"{a / b - 1:+.1%}" if math.isfinite(a) and math.isfinite(b) and b else "n/a"
+            lines.append(f"| {front} | {name} | {_s(a)} | {_s(b)} | {rel} |")
+    lines += ["", "![live vtc](fairness/live-a-vtc.png)", "![live fcfs](fairness/live-a-fcfs.png)", ""]
+    return lines
 
 
 def write_report(
@@ -312,6 +498,7 @@ def write_report(
     d: float,
     w: float,
     wall: float,
+    live: Sequence[str] = (),
 ) -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
@@ -404,6 +591,7 @@ def write_report(
         f"{rep_many.jain:.3f} (min {min(att):.2f}, max {max(att):.2f}).",
         "",
     ]
+    lines += list(live) or ["## Live stack", "", "Not run (`--no-live`).", ""]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -1,0 +1,203 @@
+"""Multi-tenant load against a live OpenAI-compatible URL: the fairness scenario's load generator.
+
+Each tenant has its own API key and sends on its own schedule (Poisson at a rate, or closed loop
+with N outstanding: "backlogged"), streaming chat completions whose prompts have exact token
+lengths (loadtest/workloads.py's builder, Mistral's tokenizer) and whose outputs run to
+`max_tokens` (`ignore_eos`). Requests go round robin over the given gateway URLs (a load
+balancer in front of replicas). Every request becomes a `LiveRecord` with the same fields the
+offline simulator's records have, so loadtest/fairstats.py computes the same figures for both.
+
+`run_workload(...)` is the importable entry point: one workload for N seconds against a URL
+(or several) and a report per tenant. `workload_a(capacity_rps, duration_s)` builds the noisy
+neighbour workload of the fairness scenario.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import openai
+
+from loadtest.fairstats import FairnessReport, analyse
+from server.sim.lengths import LengthDist
+from server.sim.tenantfront import TenantSpec, TenantWorkload
+
+A_IN, A_OUT = "uniform:256:768", "uniform:32:224"
+
+
+@dataclass
+class LiveRecord:
+    tenant: str
+    arrival_s: float
+    input_len: int
+    output_len: int
+    outcome: str = (
+        "ok"  # ok | shed (429) | refused (deadline 503) | timeout (other 503, client timeout) | error
+    )
+    first_token_s: float = math.nan
+    finish_s: float = math.nan
+    status: int = 200
+
+
+def workload_a(capacity_rps: float, duration_s: float, seed: int = 0) -> TenantWorkload:
+    """Three steady tenants at 0.2 x capacity, one noisy at 1.4 x (2 x capacity offered)."""
+    tenants: dict[str, dict[str, object]] = {
+        f"steady{i}": {"rate": 0.2 * capacity_rps, "input_len": A_IN, "output_len": A_OUT} for i in (1, 2, 3)
+    }
+    tenants["noisy"] = {"rate": 1.4 * capacity_rps, "input_len": A_IN, "output_len": A_OUT}
+    return TenantWorkload.from_dict({"duration_s": duration_s, "seed": seed, "tenants": tenants})
+
+
+class _Prompts:
+    """A pool of exact-length prompts per tenant (built once: tokenizing is not free)."""
+
+    def __init__(self, specs: Sequence[TenantSpec], seed: int, per_tenant: int = 48) -> None:
+        from loadtest.workloads import MistralTokenCounter, exact_text
+
+        counter = MistralTokenCounter()
+        words = counter.single_token_words()
+        rng = np.random.default_rng(seed)
+        self.pool: dict[str, list[tuple[str, int]]] = {}
+        for spec in specs:
+            ins = LengthDist.parse(spec.input_len).sample(rng, per_tenant)
+            outs = LengthDist.parse(spec.output_len).sample(rng, per_tenant)
+            self.pool[spec.name] = [
+                (exact_text(counter, words, rng, int(i)), int(o)) for i, o in zip(ins, outs, strict=True)
+            ]
+
+
+async def run_workload(
+    urls: Sequence[str],
+    keys: Mapping[str, str],
+    workload: TenantWorkload,
+    model: str,
+    *,
+    client_timeout_s: float = 60.0,
+    deadline_ms: float | None = None,
+) -> list[LiveRecord]:
+    """Send `workload` for its duration; wait for what is in flight; one record per request."""
+    prompts = _Prompts(workload.tenants, workload.seed)
+    clients = [
+        {
+            t: openai.AsyncOpenAI(base_url=f"{u}/v1", api_key=k, max_retries=0, timeout=client_timeout_s)
+            for t, k in keys.items()
+        }
+        for u in urls
+    ]
+    rr = itertools.cycle(range(len(urls)))
+    rng = np.random.default_rng(workload.seed + 1)
+    records: list[LiveRecord] = []
+    t0 = time.monotonic()
+    end = t0 + workload.duration_s
+    tasks: set[asyncio.Task[None]] = set()
+    headers = {"x-servelab-deadline-ms": f"{deadline_ms:g}"} if deadline_ms else None
+
+    async def one(tenant: str) -> None:
+        prompt, out = prompts.pool[tenant][int(rng.integers(0, len(prompts.pool[tenant])))]
+        rec = LiveRecord(tenant, time.monotonic() - t0, 0, 0)
+        records.append(rec)
+        client = clients[next(rr)][tenant]
+        try:
+            stream = await client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=out,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},
+                extra_headers=headers,
+            )
+            async for chunk in stream:
+                now = time.monotonic() - t0
+                if chunk.choices and chunk.choices[0].delta.content and math.isnan(rec.first_token_s):
+                    rec.first_token_s = now
+                if chunk.usage is not None:
+                    rec.input_len = chunk.usage.prompt_tokens
+                    rec.output_len = chunk.usage.completion_tokens
+            rec.finish_s = time.monotonic() - t0
+        except openai.APIStatusError as exc:
+            rec.status = exc.status_code
+            code = ""
+            if isinstance(exc.body, dict):
+                code = str(exc.body.get("code") or (exc.body.get("error") or {}).get("code") or "")
+            rec.outcome = (
+                "shed"
+                if exc.status_code == 429
+                else "refused"
+                if code == "deadline_unmeetable"
+                else "timeout"
+                if exc.status_code == 503
+                else "error"
+            )
+        except (openai.APITimeoutError, openai.APIConnectionError):
+            rec.outcome, rec.status = "timeout", 0
+
+    def launch(tenant: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(one(tenant))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return task
+
+    async def poisson(spec: TenantSpec) -> None:
+        arr = np.random.default_rng(hash(spec.name) % 2**32 + workload.seed)
+        at = t0
+        while True:
+            at += float(arr.exponential(1.0 / spec.rate))
+            if at >= end:
+                return
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            launch(spec.name)
+
+    async def closed(spec: TenantSpec) -> None:
+        async def loop() -> None:
+            while time.monotonic() < end:
+                await launch(spec.name)
+
+        await asyncio.gather(*(loop() for _ in range(spec.backlogged)))
+
+    await asyncio.gather(*(poisson(s) if s.rate > 0 else closed(s) for s in workload.tenants))
+    if tasks:
+        await asyncio.wait(tasks, timeout=client_timeout_s + 5)
+    for per_url in clients:
+        for c in per_url.values():
+            await c.close()
+    return records
+
+
+def report(
+    records: Sequence[LiveRecord],
+    workload: TenantWorkload,
+    warmup_s: float,
+    backlogged: Sequence[str] = (),
+    client_timeout_s: float = 60.0,
+) -> FairnessReport:
+    """The fairness figures of a live run (loadtest/fairstats.py)."""
+    weights = {t.name: t.weight for t in workload.tenants}
+    return analyse(
+        records,
+        weights=weights,
+        end_s=workload.duration_s,
+        warmup_s=warmup_s,
+        backlogged=backlogged,
+        client_timeout_s=client_timeout_s,
+    )
+
+
+def run_workload_a(
+    urls: Sequence[str],
+    keys: Mapping[str, str],
+    model: str,
+    capacity_rps: float,
+    duration_s: float,
+    warmup_s: float = 10.0,
+) -> FairnessReport:
+    """Workload A for `duration_s` against `urls`; keys for steady1..3 and noisy. Blocking."""
+    wl = workload_a(capacity_rps, duration_s)
+    records = asyncio.run(run_workload(urls, keys, wl, model))
+    return report(records, wl, warmup_s, backlogged=("noisy",))
