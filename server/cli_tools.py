@@ -71,6 +71,11 @@ def capacity(
     max_num_seqs: Annotated[int | None, typer.Option(
         help="vLLM's cap on running sequences (default: 1024, or the preset's)")] = None,
     max_num_batched_tokens: Annotated[int, typer.Option(help="vLLM's token budget per step")] = 8192,
+    layout: Annotated[str | None, typer.Option(
+        help="how a replica's GPUs split an MoE model: tp, ep (whole experts per GPU), dp-ep (DP attention "
+        "+ EP); see `servelab ep-vs-tp` (default: tp, or ep for a preset with expert parallelism)")] = None,
+    expert_skew: Annotated[float, typer.Option(
+        help="with ep / dp-ep: the hottest expert's load over the mean (1 = uniform routing)")] = 1.0,
     failover: Annotated[bool, typer.Option(
         "--failover/--no-failover", help="simulate losing one replica to find k of N+k")] = True,
     failure_cell: Annotated[int, typer.Option(help="replicas simulated around the failed one")] = 16,
@@ -95,11 +100,14 @@ def capacity(
 
     if slo_basis not in ("p95", "per-request"):
         raise typer.BadParameter("--slo-basis must be p95 or per-request")
+    if layout is not None and layout not in ("tp", "ep", "dp-ep"):
+        raise typer.BadParameter("--layout must be tp, ep or dp-ep")
     given = {
         k: v
         for k, v in {
             "model": model, "gpu": gpu, "dtype": dtype, "kv_dtype": kv_dtype, "tp": tp,
             "gpu_memory_utilization": gpu_memory_utilization, "max_num_seqs": max_num_seqs,
+            "layout": layout,
         }.items()
         if v is not None
     }
@@ -118,6 +126,7 @@ def capacity(
         "retry_after_s": parse_duration_s(retry_after),
         "sensitivity": sensitivity,
         "seed": seed,
+        "expert_skew": expert_skew,
     }
     console = Console()
     if not console.is_terminal:
@@ -151,6 +160,7 @@ def capacity(
                   f"{spec.params_active / 1e9:.1f}B active)"),
         ("gpu", q.gpu),
         ("weights / KV dtype", f"{q.dtype} / {result.perf_inputs['kv_dtype']}"),
+        ("layout", q.layout + (f", expert skew {q.expert_skew:g}" if q.layout != "tp" else "")),
         ("target rate", f"{q.target_rps:g} req/s"),
         ("input / output tokens", f"{q.input_len} / {q.output_len}"),
         ("SLO", f"p95 TTFT <= {q.p95_ttft_s * 1000:g} ms, p95 TPOT <= {q.p95_tpot_s * 1000:g} ms"

@@ -91,7 +91,7 @@ def test_capacity_cli_json_prints_every_input() -> None:
     app = typer.Typer()
     cli_tools.register(app)
     args = "capacity --model mixtral-8x7b --gpu h100 --target-rps 100 --tp 2 --input-len 500 --output-len 100"
-    args += " --p95-ttft 1s --p95-tpot 50ms --json"
+    args += " --p95-ttft 1s --p95-tpot 50ms --no-sensitivity --json"  # sensitivity: tested on plan()
     res = CliRunner().invoke(app, args.split())
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
@@ -101,7 +101,8 @@ def test_capacity_cli_json_prints_every_input() -> None:
     assert opt["tp"] == 2 and opt["replicas_at_slo"] == math.ceil(100 / opt["replica_rps"])
     assert out["total_gpus"] == 2 * (opt["replicas"] + out["spares"])
     assert out["cost"]["usd_per_gpu_hour"] == 3.0  # the H100 default in server/pricing.py
-    assert {r["factor"] for r in out["sensitivity"]} == {*FACTOR_RANGES, "all"}
+    assert out["sensitivity"] == [] and out["gpu_range"] is None
+    assert out["operating_point"]["prefill_share"] > 0 and out["failover"][0]["spares"] == 0
 
 
 def test_capacity_cli_table() -> None:
@@ -221,5 +222,20 @@ def test_capacity_cli_preset_and_answer_table() -> None:
     assert res.exit_code == 0, res.output
     assert "mistral-7b-h100" in res.output and "Answer" in res.output and "$/M output tokens" in res.output
     assert "max_num_seqs / max_num_batched_tokens │ 256 / 8192" in res.output
+    assert "layout                                │ tp" in res.output
     bad = CliRunner().invoke(app, ["capacity", "--preset", "nope"])
     assert bad.exit_code == 2 and "unknown preset 'nope'" in bad.output
+
+
+def test_capacity_cli_sizes_an_expert_parallel_layout() -> None:
+    app = typer.Typer()
+    cli_tools.register(app)
+    args = ("capacity --model mixtral-8x7b --tp 8 --layout ep --expert-skew 1.5 --target-rps 100 "
+            "--input-len 500 --output-len 50 --no-failover --no-sensitivity --json")
+    res = CliRunner().invoke(app, args.split())
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert (out["query"]["layout"], out["query"]["expert_skew"]) == ("ep", 1.5)
+    assert out["perf_model"]["layout"] == "ep"
+    bad = CliRunner().invoke(app, ["capacity", "--layout", "pp"])
+    assert bad.exit_code == 2 and "--layout must be tp, ep or dp-ep" in bad.output
