@@ -166,12 +166,29 @@ def register(app: typer.Typer) -> None:
         conversation_turns: int | None = typer.Option(
             None, help="multi-turn chats of T turns: each prompt carries the history (--input-len per user"
             " turn)"),
+        tenants: Path | None = typer.Option(
+            None, help="multi-tenant workload YAML: gateway replicas with the fairness front before the"
+            " replicas (server/sim/tenantcli.py); per-tenant TTFT, service and fair share"),
+        front: str = typer.Option("vtc", help="with --tenants: vtc (the gateway's policy), sfq or fcfs"),
+        gateways: int = typer.Option(1, help="with --tenants: gateway replicas sharing the counters"),
     ) -> None:
         """Play a workload through the engine on a discrete-event clock and print vLLM-benchmark metrics."""
         from server.sim.offline import Workload
         from server.sim.offline import simulate as run_sim
         from server.sim.prefixwork import Conversations, PrefixSpec, SharedContexts
 
+        if tenants is not None:
+            from server.sim.tenantcli import simulate_tenants
+
+            if front not in ("vtc", "sfq", "fcfs"):
+                raise typer.BadParameter("--front must be vtc, sfq or fcfs")
+            for line in simulate_tenants(
+                tenants, model=model, gpu=gpu, tp=tp, dtype=dtype, replicas=replicas,
+                max_num_seqs=max_num_seqs, front=front, gateways=gateways,
+                engine_priority=policy == PolicyKind.priority, warmup_s=0.0, json_out=json_out,
+            ):
+                typer.echo(line)
+            return
         if shared_contexts is not None and conversation_turns is not None:
             raise typer.BadParameter("choose --shared-contexts or --conversation-turns, not both")
         prefix: PrefixSpec | None = None

@@ -83,3 +83,49 @@ def test_sheddable_tier_is_shed_and_interactive_stays_fast() -> None:
     assert rep.tenants["bulk"].shed > 0
     assert not any(r.outcome == "shed" for r in res.records if r.tenant == "chat")
     assert rep.tenants["chat"].ttft_p95_s < 1.0
+
+
+def test_simulate_tenants_reads_a_workload_file_and_reports_per_tenant(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from server.sim.tenantcli import simulate_tenants
+
+    path = tmp_path / "tenants.yaml"
+    path.write_text(
+        "duration_s: 30\n"
+        "tenants:\n"
+        "  steady: {rate: 1.0, input_len: 256, output_len: 64}\n"
+        "  bulk: {rate: 20.0, input_len: 256, output_len: 64, tier: batch, sheddable: true}\n"
+    )
+    lines = simulate_tenants(
+        path,
+        model="mixtral-8x7b",
+        gpu="h100",
+        tp=2,
+        dtype="bf16",
+        replicas=1,
+        max_num_seqs=4,
+        front="vtc",
+        gateways=1,
+        engine_priority=True,
+        warmup_s=0.0,
+        json_out=tmp_path / "out.json",
+    )
+    rows = {line.split()[0]: line.split() for line in lines[2:4]}
+    assert set(rows) == {"bulk", "steady"}
+    assert int(rows["bulk"][6]) > 0 and int(rows["steady"][6]) == 0  # only the sheddable tier is refused
+    assert (tmp_path / "out.json").exists()
+    with pytest.raises(ValueError, match="duration_s and tenants"):
+        (tmp_path / "bad.yaml").write_text("tenants: {}\n")
+        simulate_tenants(
+            tmp_path / "bad.yaml",
+            model="mixtral-8x7b",
+            gpu="h100",
+            tp=2,
+            dtype="bf16",
+            replicas=1,
+            max_num_seqs=4,
+            front="vtc",
+            gateways=1,
+            engine_priority=False,
+            warmup_s=0.0,
+            json_out=None,
+        )
