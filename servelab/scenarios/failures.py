@@ -52,8 +52,8 @@ def backend_down(ctx: Context) -> list[Check]:
 
     async def chaos() -> None:
         await asyncio.sleep(kill_at)
-        marks["kill"] = load.now()
         await asyncio.to_thread(ctx.stack.request, "kill", name)
+        marks["kill"] = load.now()  # after the supervisor's answer: the process is gone by now
         ctx.say(f"killed {name} (SIGKILL)")
         await asyncio.sleep(down_for)
         await asyncio.to_thread(ctx.stack.request, "start", name)
@@ -76,8 +76,8 @@ def backend_down(ctx: Context) -> list[Check]:
     served_after = _success(victim) - marks.get("success_at_back", float("nan"))
     tk = marks["kill"]
     cut = [r for r in recs if not r.ok and r.start < tk <= r.end + 0.05]
-    later_fail = [r for r in recs if not r.ok and r.start > tk + 0.2]
-    later = [r for r in recs if r.start > tk + 0.2]
+    later_fail = [r for r in recs if not r.ok and r.start >= tk]
+    later = [r for r in recs if r.start >= tk]
     events = ctx.usage_events(TENANT)
     metered = [(r, events.get(r.rid)) for r in cut]
     fair = [r for r, e in metered if e is not None and int(e["completion_tokens"]) >= r.chunks]
@@ -94,7 +94,12 @@ def backend_down(ctx: Context) -> list[Check]:
         Check(
             "routing drains it: requests after the kill succeed",
             f"{len(later)} of {len(later)}",
-            f"{len(later) - len(later_fail)} of {len(later)}",
+            f"{len(later) - len(later_fail)} of {len(later)}"
+            + (
+                f" ({', '.join(sorted({r.error or str(r.status) for r in later_fail}))})"
+                if later_fail
+                else ""
+            ),
             not later_fail and len(later) > 0,
         ),
         Check(
@@ -119,6 +124,7 @@ def redis_down(ctx: Context) -> list[Check]:
     stop_at, down_for, tail = (3.0, 3.0, 5.0) if ctx.short else (10.0, 10.0, 10.0)
     rate = 4.0 if ctx.short else 6.0
     before = ctx.usage_totals(TENANT)
+    spooled_before = sum(g.value("servelab_gateway_settles_spooled_total") for g in ctx.scrape_gateways())
     ctx.watch(
         "gateway: Redis DOWN then up in the events log; acme's 429s stay 0; req/s drops to 0 and returns"
     )
@@ -170,6 +176,9 @@ def redis_down(ctx: Context) -> list[Check]:
         if got["requests"] >= want_req and got["completion_tokens"] >= want_out:
             break
         time.sleep(0.5)
+    spooled = (
+        sum(g.value("servelab_gateway_settles_spooled_total") for g in ctx.scrape_gateways()) - spooled_before
+    )
     ctx.say(f"{len(recs)} requests; {len(down)} during the outage, {len(refused)} refused with 503")
     codes = ", ".join(sorted({r.error for r in refused})) or "-"
     return [
@@ -181,6 +190,12 @@ def redis_down(ctx: Context) -> list[Check]:
         ),
         Check("refused at once", "p95 < 3 s", f"p95 {p95:.2f} s", bool(refused) and p95 < 3.0),
         Check("recovery after Redis returns", "first success < 5 s", f"{recovery:.2f} s", recovery < 5.0),
+        Check(
+            "settles spooled during the outage, then replayed (info)",
+            "streams in flight when Redis went away",
+            f"{spooled:.0f} spooled",
+            True,
+        ),
         Check(
             "metering equals served (requests)",
             f"{want_req}",
