@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint clean scenarios airgap-test onprem-test compose-smoke compose-up-cpu compose-up-gpu compose-down kind-up kind-down
+.PHONY: demo test install lint clean fairness scenarios airgap-test onprem-test compose-smoke compose-up-cpu compose-up-gpu compose-down kind-up kind-down
 
 # uv through `python -m uv`: a freshly pip-installed uv may not be on PATH yet (pyenv shims).
 $(BIN)/servelab: pyproject.toml
@@ -21,6 +21,10 @@ demo: install
 ## Run the test suite against real redis-server and real HTTP servers on 127.0.0.1.
 test: install
 	$(BIN)/pytest -q
+
+## Fair share under contention: offline + live (2 gateways, 2 sim backends, Redis) -> docs/results/fairness.md.
+fairness: install
+	$(BIN)/python -m loadtest.bench.fairness
 
 ## The longer scenarios (scale-out, cold-start, overload, noisy-neighbour), short form, ~3 minutes.
 scenarios: install
