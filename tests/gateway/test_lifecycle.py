@@ -46,13 +46,13 @@ def poll(what: str, check: Any, timeout_s: float = 10.0) -> Any:
 
 def test_streams_three_times_the_lease_ttl_keep_their_slots(truth_upstream, write_config, gateway) -> None:
     up = truth_upstream()
-    gw = gateway(write_config([up], {"acme": plan(max_concurrent_requests=2)}), lease_ttl_s=1.0)
+    gw = gateway(write_config([up], {"acme": plan(max_concurrent_requests=2)}), lease_ttl_s=1.5)
     client = gw.client(gw.new_key("acme"), timeout=30)
     got: list[int] = []
 
-    def stream() -> None:  # 36 tokens 100 ms apart: 3.6 s, over three lease TTLs
+    def stream() -> None:  # 48 tokens 100 ms apart: 4.8 s, over three lease TTLs
         chunks = client.chat.completions.create(
-            model="fast", messages=MSGS, max_tokens=36, stream=True, extra_body={"x_itl_ms": 100}
+            model="fast", messages=MSGS, max_tokens=48, stream=True, extra_body={"x_itl_ms": 100}
         )
         got.append(sum(1 for c in chunks if c.choices and c.choices[0].delta.content))
 
@@ -70,10 +70,10 @@ def test_streams_three_times_the_lease_ttl_keep_their_slots(truth_upstream, writ
         time.sleep(0.1)
     for t in threads:
         t.join(timeout=30)
-    assert got == [36, 36]
-    assert len(third) >= 10, third  # tried throughout the 3.6 s, not just at the start
+    assert got == [48, 48]
+    assert len(third) >= 8, third  # tried throughout the 4.8 s, not just at the start
     assert set(third) == {"concurrency"}, third
-    assert metric(gw, "servelab_gateway_lease_heartbeats_total") >= 4  # ~10 beats per stream at TTL/3
+    assert metric(gw, "servelab_gateway_lease_heartbeats_total") >= 4  # ~9 beats per stream at TTL/3
     client.chat.completions.create(model="fast", messages=MSGS, max_tokens=1)  # the slots came back
 
 
