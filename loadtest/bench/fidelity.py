@@ -481,8 +481,8 @@ def render_levers() -> list[str]:
         lines.append(f"| {label} | {method} | x{value:.2f} | {why} |")
     lines += [
         "",
-        f"**No error can be computed for these.** What the model can say: with k = {SPEC_K} (the blog's own n-gram "
-        f"example) and {SPEC_CONTEXT} tokens of context, Llama-3.1-70B bf16 on TP4 H100 gives x2.8 at "
+        f"**No error can be computed for these.** What the model can say: with k = {SPEC_K} (the "
+        f"blog's own n-gram example) and {SPEC_CONTEXT} tokens of context, Llama-3.1-70B bf16 on TP4 H100 gives x2.8 at "
         f"batch 1 for an acceptance rate of **{a:.2f}** (a fit, `implied_acceptance`). With that rate "
         f"the model's speedup falls with batch: {speedups}. The published high-QPS slowdown (x0.56) "
         "is what the model gives near batch 512; the blog does not say what batch its high QPS "
