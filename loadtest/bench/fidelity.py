@@ -482,13 +482,14 @@ def render_levers() -> list[str]:
     lines += [
         "",
         f"**No error can be computed for these.** What the model can say: with k = {SPEC_K} (the "
-        f"blog's own n-gram example) and {SPEC_CONTEXT} tokens of context, Llama-3.1-70B bf16 on TP4 H100 gives x2.8 at "
-        f"batch 1 for an acceptance rate of **{a:.2f}** (a fit, `implied_acceptance`). With that rate "
-        f"the model's speedup falls with batch: {speedups}. The published high-QPS slowdown (x0.56) "
-        "is what the model gives near batch 512; the blog does not say what batch its high QPS "
-        "reached, so this is consistency of shape, not a check. vLLM's V0 speculative decoding of "
-        "that time also had CPU overheads the V1 profile does not carry (the docs warned it was "
-        "'not yet optimized'), which a fitted acceptance rate would absorb.",
+        f"blog's own n-gram example) and {SPEC_CONTEXT} tokens of context, Llama-3.1-70B bf16 on "
+        f"TP4 H100 gives x2.8 at batch 1 for an acceptance rate of **{a:.2f}** (a fit, "
+        f"`implied_acceptance`). With that rate the model's speedup falls with batch: {speedups}. "
+        "The published high-QPS slowdown (x0.56) is what the model gives near batch 512; the blog "
+        "does not say what batch its high QPS reached, so this is consistency of shape, not a "
+        "check. vLLM's V0 speculative decoding of that time also had CPU overheads the V1 profile "
+        "does not carry (the docs warned it was 'not yet optimized'), which a fitted acceptance "
+        "rate would absorb.",
         "",
         "SpecDecode-Bench's draft-model and EAGLE curves are not rows: EAGLE is not modelled, and its "
         "draft pairings (the paper's Table 5) were not read.",
