@@ -14,6 +14,14 @@ trips; commands run inside the scripts are listed apart). It then raises the rat
 gateway falls behind (achieved < 97% of offered, errors, or p99 over 100 ms) to find the
 highest rate it sustains. The load generator runs in this process on the same machine, so
 every number includes sharing the CPUs with it.
+
+With `--baseline DIR` (a checkout of an older commit, e.g. `git worktree add /tmp/gw-before
+<commit>`) that commit's gateway runs too, against the same Redis and upstream, at the same
+fixed rates, interleaved with the current one, so a change is judged within one run:
+
+    git worktree add /tmp/gw-before 949a299
+    .venv/bin/python -m loadtest.bench.gateway_overhead --duration 10 --rates 200 --ramp '' \
+        --baseline /tmp/gw-before --out docs/results/gateway-overhead.md
 """
 
 from __future__ import annotations
@@ -238,6 +246,12 @@ def main() -> None:
         action="store_true",
         help="also measure the issue's calibration point (FastAPI + aiohttp + one EVALSHA), non-streaming",
     )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="checkout of an older commit whose gateway is measured too (target 'before')",
+    )
     ap.add_argument("--report-from", type=Path, default=None, help="re-render the report from --json output")
     ap.add_argument(
         "--serve-lean", nargs=3, metavar=("PORT", "UPSTREAM", "REDIS_URL"), help=argparse.SUPPRESS
@@ -289,15 +303,35 @@ def main() -> None:
             },
         }
         (work / "gateway.yaml").write_text(yaml.safe_dump(cfg))
+        gw_env = {
+            "REDIS_URL": rs.url,
+            "SERVELAB_ADMIN_TOKEN": ADMIN,
+            "SERVELAB_LOG_LEVEL": "warning",
+            "SERVELAB_SPOOL_DIR": str(work / "spool"),
+        }
         gw = start(
             "gateway",
             python_module("gateway", "--config", str(work / "gateway.yaml"), "--port", str(gw_port)),
-            env={"REDIS_URL": rs.url, "SERVELAB_ADMIN_TOKEN": ADMIN, "SERVELAB_LOG_LEVEL": "warning"},
+            env=gw_env,
             log_path=work / "gateway.log",
         )
         children.append(gw)
         gw_url = f"http://127.0.0.1:{gw_port}"
         wait_http_ok(f"{gw_url}/readyz", 20, gw.popen)
+        targets = [("direct", up_url, None), ("gateway", gw_url, gw)]
+        if args.baseline:
+            # `python -m` puts the working directory first on sys.path: run it from the checkout.
+            base_port = free_port()
+            base = start(
+                "before",
+                python_module("gateway", "--config", str(work / "gateway.yaml"), "--port", str(base_port)),
+                env={**gw_env, "PYTHONPATH": str(args.baseline.resolve())},
+                log_path=work / "before.log",
+                cwd=args.baseline.resolve(),
+            )
+            children.append(base)
+            wait_http_ok(f"http://127.0.0.1:{base_port}/readyz", 20, base.popen)
+            targets.insert(1, ("before", f"http://127.0.0.1:{base_port}", base))
         key = httpx.post(
             f"{gw_url}/admin/v1/tenants/bench/keys", headers={"authorization": f"Bearer {ADMIN}"}, json={}
         ).json()["key"]
@@ -325,11 +359,13 @@ def main() -> None:
         for mode in args.modes.split(","):
             stream = mode == "stream"
             for rate in [float(x) for x in args.rates.split(",")]:
-                for target, url, k, pid in (("direct", up_url, None, None), ("gateway", gw_url, key, gw.pid)):
+                for target, url, child in targets:
+                    k = key if child else None
+                    pid = child.pid if child else None
                     res = run(target, f"{url}/v1/chat/completions", k, rate, args.duration, stream, pid, r)
                     results.append(res)
                     print(json.dumps(res.__dict__), flush=True)
-            for rate in [float(x) for x in args.ramp.split(",")]:
+            for rate in [float(x) for x in args.ramp.split(",") if x]:
                 res = run(
                     "gateway", f"{gw_url}/v1/chat/completions", key, rate, args.duration, stream, gw.pid, r
                 )
@@ -360,7 +396,7 @@ def _commit() -> str:
         return "unknown"
 
 
-def summary(results: list[RunResult]) -> list[str]:
+def summary(results: list[RunResult], ramped: bool = True) -> list[str]:
     """The issue's targets next to what this run measured."""
 
     def find(target: str, stream: bool, rate: float) -> RunResult | None:
@@ -376,7 +412,7 @@ def summary(results: list[RunResult]) -> list[str]:
         out.append(
             f"| p99 added ≤ 5 ms at 200 req/s, non-streaming | {p99:.2f} ms | {'yes' if p99 <= 5 else 'no'} |"
         )
-    for stream, goal in ((False, 800), (True, 500)):
+    for stream, goal in ((False, 800), (True, 500)) if ramped else ():
         best = max(
             (x.rate for x in results if x.target == "gateway" and x.stream == stream and sustained(x)),
             default=0.0,
@@ -403,6 +439,18 @@ def summary(results: list[RunResult]) -> list[str]:
             f"| exactly 2 Redis round trips per request | {min(rt):.3f}–{max(rt):.3f} EVALSHA/request | "
             f"{'yes' if all(abs(v - 2) < 0.01 for v in rt) else 'no'} |"
         )
+    for x in (x for x in results if x.target == "before"):
+        g, d = find("gateway", x.stream, x.rate), find("direct", x.stream, x.rate)
+        if g and d and g.cpu_ms_per_req and x.cpu_ms_per_req:
+            kind = "streaming" if x.stream else "non-streaming"
+            out.append(
+                f"| (before → after) {kind}, {x.rate:.0f} req/s: added p50, added p99, CPU/request "
+                f"| {x.p50_ms - d.p50_ms:.2f} → {g.p50_ms - d.p50_ms:.2f} ms, "
+                f"{x.p99_ms - d.p99_ms:.2f} → {g.p99_ms - d.p99_ms:.2f} ms, "
+                f"{x.cpu_ms_per_req:.3f} → {g.cpu_ms_per_req:.3f} ms "
+                f"({(g.cpu_ms_per_req / x.cpu_ms_per_req - 1) * 100:+.1f} %) "
+                f"| CPU within 10 %: {'yes' if g.cpu_ms_per_req <= 1.1 * x.cpu_ms_per_req else 'no'} |"
+            )
     lean = [x for x in results if x.target == "lean"]
     for x in lean:
         g = find("gateway", False, x.rate)
@@ -433,6 +481,7 @@ def report(results: list[RunResult], args: argparse.Namespace, measured_at: floa
             )
         )
         + (" --lean" if args.lean else "")
+        + (f" --baseline {args.baseline}" if getattr(args, "baseline", None) else "")
         + f" --out {args.out}",
         "",
         "One gateway worker, one fast upstream (16 tokens, no delay), one redis-server and the load "
@@ -441,7 +490,7 @@ def report(results: list[RunResult], args: argparse.Namespace, measured_at: floa
         "byte); added = gateway minus direct at the same percentile and rate. CPU is the gateway "
         "process's utime+stime over the step (warm-up included) divided by its requests.",
         "",
-        *summary(results),
+        *summary(results, ramped=bool(getattr(args, "ramp", "x"))),
     ]
     for stream in (False, True):
         rows = [x for x in results if x.stream == stream]
