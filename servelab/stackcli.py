@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -136,67 +134,21 @@ def up(
 
 
 def demo(
-    duration: Annotated[str, typer.Option(help="Load-test length, e.g. 60s.")] = "60s",
-    rate: Annotated[float, typer.Option(help="Open-loop request rate (req/s) for the chat scenario.")] = 4.0,
+    seconds: Annotated[float, typer.Option(min=5, help="Length of the live serving load, seconds.")] = 40.0,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/demo-<time>).")] = None,
 ) -> None:
-    """Bring up the embedded stack, run the `chat` load test through the gateway, print the table."""
+    """Both halves in ~3 minutes: the capacity answer and a replica holding its p95, then a noisy
+    neighbour, a rate-limited tenant and metering checked against the engines' own counters."""
+    from servelab.demo import run_demo
+
     _raise_on_sigterm()
     run_dir = out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    cfg = StackConfig(state_dir=run_dir / "stack", gateway_port=0, backend_port=0)
-    with Stack(cfg) as stack:
-        info = stack.info
-        _show(info)
-        tenant = "acme" if "acme" in info["keys"] else next(iter(info["keys"]))
-        argv = [
-            sys.executable,
-            "-m",
-            "servelab.cli",
-            "loadtest",
-            "chat",
-            "--target",
-            info["gateway_url"],
-            "--api-key",
-            info["keys"][tenant],
-            "--model",
-            info["model"],
-            "--rate",
-            str(rate),
-            "--duration",
-            duration,
-            "--out",
-            str(run_dir / "chat"),
-        ]
-        for url in info["backend_urls"]:
-            argv += ["--metrics-url", f"{url}/metrics"]
-        console.print(f"running the chat scenario at {rate} req/s for {duration} as tenant {tenant!r}")
-        code = subprocess.call(argv)
-        if code != 0:
-            console.print(f"[red]load test failed with code {code}[/]")
-            raise typer.Exit(code)
-        _show_429(info)
-        console.print(f"report, raw rows and plots: {run_dir / 'chat'}")
-
-
-def _show_429(info: dict) -> None:
-    """Show the tight plan at work: a burst from the `tiny` tenant meets a 429 with its headers."""
-    if "tiny" not in info["keys"]:
-        return
-    import httpx
-
-    body = {"model": info["model"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-    headers = {"authorization": f"Bearer {info['keys']['tiny']}"}
-    with httpx.Client(base_url=info["gateway_url"], timeout=30) as client:
-        for n in range(1, 101):
-            resp = client.post("/v1/chat/completions", json=body, headers=headers)
-            if resp.status_code == 429:
-                err = resp.json()["error"]
-                console.print(
-                    f"tenant 'tiny' (tight plan): request {n} got 429 {err.get('code')}: "
-                    f"{err['message']} (retry-after {resp.headers.get('retry-after')} s)"
-                )
-                return
-    console.print("tenant 'tiny': no 429 within 100 requests — check its plan in the gateway config")
+    try:
+        ok = run_demo(run_dir, seconds)
+    except KeyboardInterrupt:
+        console.print("stopped")
+        raise typer.Exit(130) from None
+    raise typer.Exit(0 if ok else 1)
 
 
 def register(app: typer.Typer) -> None:
