@@ -18,7 +18,8 @@ Then, for the recommended TP only:
    share of requests that met *both* targets themselves (per-request goodput; two p95s met
    separately can hide a request that missed one of them).
 5. N+k: a cell of replicas at the fleet's per-replica load loses one replica (one GPU of a TP
-   group takes the whole replica down) with its streams dropped and retried (server/failover.py);
+   group takes the whole replica down; `lost_replicas` > 1 for a node holding several) with its
+   streams dropped and retried (server/failover.py);
    k is the fewest spare replicas for which the requests sent during the failover window, and the
    retried ones, still meet the SLO.
 6. Sensitivity: each time factor of the perf model at the ends of its documented range
@@ -82,6 +83,7 @@ class CapacityQuery:
     failure_at_s: float = 20.0
     failure_window_s: float = 20.0  # requests sent this long after the failure are judged
     retry_after_s: float = 0.5  # a dropped client resends after this long
+    lost_replicas: int = 1  # replicas one failure takes down together (a node of two TP4 replicas: 2)
     max_spares: int = 4
     sensitivity: bool = True
     preset: str | None = None  # the preset whose engine settings these are, for the record
@@ -361,6 +363,8 @@ def _validate(q: CapacityQuery) -> None:
         raise ValueError("GPU price per hour must be >= 0")
     if q.expert_skew < 1:
         raise ValueError("expert skew is the hottest expert's load over the mean: >= 1")
+    if q.lost_replicas < 1:
+        raise ValueError("a failure loses at least one replica")
 
 
 def plan(q: CapacityQuery, progress: Progress | None = None) -> CapacityPlan:
@@ -436,9 +440,9 @@ def failover_trials(q: CapacityQuery, opt: TpOption, say: Progress) -> tuple[Fai
     trials = []
     for k in range(q.max_spares + 1):
         fleet = opt.replicas + k
-        if fleet < 2:
-            continue  # losing the only replica is an outage, whatever the SLO
-        cell = min(fleet, q.failure_cell)
+        if fleet <= q.lost_replicas:
+            continue  # losing every replica is an outage, whatever the SLO
+        cell = min(fleet, max(q.failure_cell, q.lost_replicas + 1))
         cell_rps = cell * q.target_rps / fleet
         say(f"N+{k}: one of {fleet} replicas fails (cell of {cell} at {cell_rps:.1f} req/s)")
         end = q.failure_at_s + q.failure_window_s
@@ -446,7 +450,8 @@ def failover_trials(q: CapacityQuery, opt: TpOption, say: Progress) -> tuple[Fai
                       output_len=q.output_len, rate=cell_rps, seed=q.seed)
         res = run_cell(wl, pm, blocks, replicas=cell, config=_config(q),
                        block_size=q.block_size,
-                       failure=Failure(q.failure_at_s, replica=0, retry_after_s=q.retry_after_s))
+                       failure=Failure(q.failure_at_s, replica=0, retry_after_s=q.retry_after_s,
+                                       count=q.lost_replicas))
         window = res.mask_sent(q.failure_at_s, end) | res.retried
         before = res.mask_sent(q.failure_at_s / 2, q.failure_at_s) & ~res.retried
         ttft_b, tpot_b = res.p95(before)

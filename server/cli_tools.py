@@ -80,6 +80,9 @@ def capacity(
         "--failover/--no-failover", help="simulate losing one replica to find k of N+k")] = True,
     failure_cell: Annotated[int, typer.Option(help="replicas simulated around the failed one")] = 16,
     retry_after: Annotated[str, typer.Option(help="how long a dropped client waits to resend")] = "0.5s",
+    lost_replicas: Annotated[int, typer.Option(
+        help="replicas one failure takes down (1: a GPU or a one-replica node; 2: a node of two TP4 "
+        "replicas)")] = 1,
     sensitivity: Annotated[bool, typer.Option(
         "--sensitivity/--no-sensitivity", help="re-size with each perf-model factor at its range's ends")]
     = True,
@@ -124,6 +127,7 @@ def capacity(
         "failover": failover,
         "failure_cell": failure_cell,
         "retry_after_s": parse_duration_s(retry_after),
+        "lost_replicas": lost_replicas,
         "sensitivity": sensitivity,
         "seed": seed,
         "expert_skew": expert_skew,
@@ -242,8 +246,9 @@ def _print_details(console: object, result: object) -> None:
                   "(per-request goodput; the two p95s alone allow as low as 90%)")
         console.print(t)
     if result.failover:
-        t = Table(title="N+k: one replica lost (a GPU failure takes its whole TP group), its streams "
-                  f"retried after {q.retry_after_s:g} s")
+        lost = ("one replica lost (a GPU failure takes its whole TP group)" if q.lost_replicas == 1
+                else f"{q.lost_replicas} replicas lost at once (one failure domain)")
+        t = Table(title=f"N+k: {lost}, its streams retried after {q.retry_after_s:g} s")
         for col in ("k", "fleet", "cell simulated", "cell req/s", "streams retried", "p95 TTFT before",
                     "p95 TPOT before", "p95 TTFT failover", "p95 TPOT failover", "both met", "meets SLO"):
             t.add_column(col, justify="right")
@@ -288,7 +293,8 @@ def _print_details(console: object, result: object) -> None:
         if result.spares is None:
             answer.add_row("N+k (failure simulated)", f"no k <= {q.max_spares} meets the SLO", "", "", "", "")
         else:
-            row(f"N+{result.spares} (one replica lost, simulated)", result.total_replicas)
+            what = "one replica" if q.lost_replicas == 1 else f"{q.lost_replicas} replicas"
+            row(f"N+{result.spares} ({what} lost, simulated)", result.total_replicas)
     rng = result.gpu_range()
     if rng is not None:
         lo, hi = rng

@@ -35,15 +35,26 @@ from server.sim.scheduler import SchedulerConfig
 
 @dataclass(frozen=True)
 class Failure:
-    """Replica `replica` dies at `at_s`; its clients resend after `retry_after_s`."""
+    """Replicas `replica` .. `replica + count - 1` die at `at_s`; their clients resend after `retry_after_s`.
+
+    `count` > 1 is a failure domain bigger than one replica: a node of 8 GPUs holds two TP4
+    replicas, and losing the node (power, NIC, host) loses both.
+    """
 
     at_s: float
     replica: int = 0
     retry_after_s: float = 0.5
+    count: int = 1
 
     def __post_init__(self) -> None:
         if self.at_s < 0 or self.retry_after_s < 0:
             raise ValueError("failure time and retry delay must be >= 0")
+        if self.count < 1:
+            raise ValueError("a failure loses at least one replica")
+
+    @property
+    def lost(self) -> range:
+        return range(self.replica, self.replica + self.count)
 
 
 @dataclass(frozen=True)
@@ -100,8 +111,9 @@ def run_cell(
     """Play `workload` through `replicas` engines; optionally lose one (see the module docstring)."""
     if replicas < 1:
         raise ValueError("replicas must be at least 1")
-    if failure is not None and not (0 <= failure.replica < replicas and replicas >= 2):
-        raise ValueError("a failure needs at least 2 replicas and a valid replica index")
+    if failure is not None and not (failure.replica >= 0 and failure.lost.stop < replicas + 1
+                                    and replicas > failure.count):
+        raise ValueError("a failure needs a survivor and valid replica indices")
     cfg = config or SchedulerConfig()
     engines = [Engine(cost, num_blocks, cfg, block_size, track_emitted=False) for _ in range(replicas)]
     alive = [True] * replicas
@@ -131,13 +143,13 @@ def run_cell(
         t = min(t_send, t_step, fail_at)
         if t == math.inf:
             raise RuntimeError("cell stalled: no step in flight and nothing to send")
-        if t == fail_at and failure is not None:  # the replica dies: drop its work, clients retry
-            r = failure.replica
-            alive[r] = False
-            for i in on_replica[r]:
-                retried[i] = True
-                heapq.heappush(sends, (t + failure.retry_after_s, i))
-            on_replica[r].clear()
+        if t == fail_at and failure is not None:  # replicas die: drop their work, clients retry
+            for r in failure.lost:
+                alive[r] = False
+                for i in on_replica[r]:
+                    retried[i] = True
+                    heapq.heappush(sends, (t + failure.retry_after_s, i))
+                on_replica[r].clear()
             fail_at = math.inf
             continue
         while in_flight and in_flight[0][0] <= t:

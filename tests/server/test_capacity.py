@@ -239,3 +239,19 @@ def test_capacity_cli_sizes_an_expert_parallel_layout() -> None:
     assert out["perf_model"]["layout"] == "ep"
     bad = CliRunner().invoke(app, ["capacity", "--layout", "pp"])
     assert bad.exit_code == 2 and "--layout must be tp, ep or dp-ep" in bad.output
+
+
+def test_losing_a_node_of_two_replicas_needs_more_spares_than_losing_one() -> None:
+    one = plan(small(target_utilization=1.0, failover=True, failure_at_s=10.0, failure_window_s=10.0))
+    two = plan(small(target_utilization=1.0, failover=True, failure_at_s=10.0, failure_window_s=10.0,
+                     lost_replicas=2))
+    # a 3-replica fleet at its SLO limit: losing one needs spares; losing two at once needs more
+    # (here more than max_spares = 4, so no k is found and the plan says so)
+    assert one.spares is not None
+    assert two.spares is None or two.spares > one.spares
+    assert len(two.failover) > len(one.failover)
+    first = two.failover[0]
+    assert first.fleet == two.recommended.replicas  # type: ignore[union-attr]
+    assert first.retried > one.failover[0].retried  # two replicas' streams dropped, not one
+    with pytest.raises(ValueError, match="at least one replica"):
+        plan(small(lost_replicas=0))

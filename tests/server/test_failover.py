@@ -69,7 +69,21 @@ def test_without_failure_matches_the_offline_simulator() -> None:
 
 def test_bad_failures_are_refused() -> None:
     wl = Workload(num_requests=1, input_len=10, output_len=3)
-    with pytest.raises(ValueError, match="at least 2 replicas"):
+    with pytest.raises(ValueError, match="needs a survivor"):
         run_cell(wl, COST, 100, replicas=1, failure=Failure(0.0))
+    with pytest.raises(ValueError, match="needs a survivor"):
+        run_cell(wl, COST, 100, replicas=2, failure=Failure(0.0, count=2))
     with pytest.raises(ValueError, match=">= 0"):
         Failure(-1.0)
+
+
+def test_a_node_failure_loses_two_replicas_at_once() -> None:
+    # Three requests at t=0, one per replica; replicas 0 and 1 (one node of two TP4 replicas) die at
+    # 7 ms, after their first tokens. Both clients resend at 17 ms to replica 2, idle by then (its own
+    # request ended at 16.4 ms): the two prefill together, 5 + 20 x 0.1 = 7 ms -> first tokens at
+    # 24 ms; then decodes of two sequences, 5 + 2 x 0.2 = 5.4 ms each.
+    wl = Workload(num_requests=3, input_len=10, output_len=3)
+    res = run_cell(wl, COST, 100, replicas=3, failure=Failure(at_s=0.007, retry_after_s=0.01, count=2))
+    assert res.retried.tolist() == [True, True, False]
+    assert res.ttft.tolist() == pytest.approx([0.024, 0.024, 0.006])
+    assert res.tpot[:2].tolist() == pytest.approx([0.0054, 0.0054])
