@@ -98,8 +98,8 @@ def test_capacity_memory_for_each_layout() -> None:
 def test_ep_vs_tp_cli_sizes_all_three_layouts() -> None:
     app = typer.Typer()
     cli_tools.register(app)
-    args = ("ep-vs-tp --model mixtral-8x7b --gpus 8 --skews 2 --target-rps 100 --input-len 500 "
-            "--output-len 50 --json")
+    args = ("ep-vs-tp --model mixtral-8x7b --gpus 8 --skews 2 --target-rps 100 --input-len 300 "
+            "--output-len 10 --p95-tpot 30ms --json")
     res = CliRunner().invoke(app, args.split())
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)["layouts"]
