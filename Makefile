@@ -30,6 +30,10 @@ fairness: install
 scenarios: install
 	$(BIN)/pytest -q tests/servelab/long_scenarios.py
 
+## Re-run the commands behind the numbers in docs/walkthrough/ and rewrite them (make test checks them).
+walkthrough: install
+	$(BIN)/cog -r docs/walkthrough/serving.md docs/walkthrough/platform.md
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy gateway server loadtest servelab
