@@ -4,7 +4,7 @@ vLLM caches the KV blocks of prompts it has seen (automatic prefix caching), but
 own cache. Least-loaded routing scatters requests that share a long system prompt or a conversation
 history over all replicas, and each one computes the prefix again. This router remembers, per backend,
 which prompt prefixes it sent there and prefers the backend with the longest remembered match. It is
-the "approximate" flavour of llm-d's prefix scorer: the gateway never tokenizes (DESIGN.md), so it
+the "approximate" flavour of llm-d's prefix scorer: the gateway never tokenizes (docs/gateway.md), so it
 hashes characters, not tokens, and it knows what it routed, not what the backend still holds.
 
 - Blocks: the prompt text (chat messages as role + content, or the completion prompt), UTF-8, cut
