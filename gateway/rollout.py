@@ -18,8 +18,11 @@ the thresholds; then the weights go back to 100% baseline and the rollout is `ab
 numbers in the audit log (audit.py). A step with fewer than `min_requests` per version keeps
 waiting rather than deciding on noise.
 
-The metrics are the leader's own registry: each replica sees a random share of the traffic, so
-the comparison is unbiased, only based on fewer requests than the whole fleet served.
+The window covers the whole fleet: while a rollout runs, every replica that has both versions
+writes its cumulative per-version counts to the hash `rollout:counts:<alias>` each tick (off the
+request path: one HSET per tick), and the leader sums the differences over all replicas. A
+replica first seen during a window counts from where it was first seen; one whose counters went
+down (it restarted) counts from zero.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from gateway.versions import LiveVersions
 log = logging.getLogger("gateway.rollout")
 
 LEADER_KEY = "rollout:leader:"  # + alias: one leader per rolled-out model
+COUNTS_KEY = "rollout:counts:"  # + alias: hash replica id -> its cumulative counts (JSON)
+COUNTS_TTL_S = 60.0
 TICK_S = 0.5
 LEADER_TTL_S = 5.0
 
@@ -117,12 +122,55 @@ class VersionCounts:
     tpot: dict[float, float] = field(default_factory=dict)
 
     def minus(self, old: VersionCounts) -> VersionCounts:
+        if self.requests < old.requests:
+            return self  # the counters were reset (the replica restarted): all of it is new
         return VersionCounts(
             self.requests - old.requests,
             self.errors - old.errors,
             {le: c - old.ttft.get(le, 0.0) for le, c in self.ttft.items()},
             {le: c - old.tpot.get(le, 0.0) for le, c in self.tpot.items()},
         )
+
+    def plus(self, other: VersionCounts) -> VersionCounts:
+        def add(a: dict[float, float], b: dict[float, float]) -> dict[float, float]:
+            return {le: a.get(le, 0.0) + b.get(le, 0.0) for le in a.keys() | b.keys()}
+
+        return VersionCounts(
+            self.requests + other.requests,
+            self.errors + other.errors,
+            add(self.ttft, other.ttft),
+            add(self.tpot, other.tpot),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "ttft": [[str(le), c] for le, c in self.ttft.items()],
+            "tpot": [[str(le), c] for le, c in self.tpot.items()],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> VersionCounts:
+        return cls(
+            float(d["requests"]),
+            float(d["errors"]),
+            {float(le): float(c) for le, c in d["ttft"]},
+            {float(le): float(c) for le, c in d["tpot"]},
+        )
+
+
+Fleet = dict[str, dict[str, VersionCounts]]  # replica id -> version -> cumulative counts
+
+
+def window_counts(before: Fleet, after: Fleet, version: str) -> VersionCounts:
+    """One version's counts over a window, summed over replicas (a new replica counts from zero)."""
+    total = VersionCounts()
+    empty = VersionCounts()
+    for replica, versions in after.items():
+        now = versions.get(version, empty)
+        total = total.plus(now.minus(before.get(replica, {}).get(version, empty)))
+    return total
 
 
 def read_counts(registry: CollectorRegistry, model: str) -> dict[str, VersionCounts]:
@@ -261,8 +309,8 @@ class RolloutController:
         self._models = models
         self._clock = clock
         self._me = os.urandom(8).hex()
-        # alias -> (step index the window belongs to, window start, counts at window start)
-        self._marks: dict[str, tuple[int, float, dict[str, VersionCounts]]] = {}
+        # alias -> (step index the window belongs to, window start, fleet counts at window start)
+        self._marks: dict[str, tuple[int, float, Fleet]] = {}
 
     async def _lead(self, model: str) -> bool:
         """Take or renew this model's leader lease; True while this replica leads it."""
@@ -291,10 +339,26 @@ class RolloutController:
             known = self._versions.versions(model)
             if r.canary not in known or r.baseline not in known:
                 continue  # this replica's config lacks a version: leave it to one that has both
+            await self._publish(model)
             if not await self._lead(model):
                 self._marks.pop(model, None)  # a later leadership starts its window afresh
                 continue
             await self._advance(r)
+
+    async def _publish(self, model: str) -> None:
+        """Share this replica's cumulative per-version counts with the leader (one HSET)."""
+        counts = {v: c.to_json() for v, c in read_counts(self._registry, model).items()}
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(COUNTS_KEY + model, self._me, json.dumps(counts))
+        pipe.pexpire(COUNTS_KEY + model, int(COUNTS_TTL_S * 1000))
+        await pipe.execute()
+
+    async def _fleet(self, model: str) -> Fleet:
+        raw: dict[bytes, bytes] = await self._redis.hgetall(COUNTS_KEY + model)  # type: ignore[assignment]
+        return {
+            k.decode(): {v: VersionCounts.from_json(c) for v, c in json.loads(blob).items()}
+            for k, blob in raw.items()
+        }
 
     async def _advance(self, r: Rollout) -> None:
         now = self._clock()
@@ -303,15 +367,18 @@ class RolloutController:
             # A new step (or a new leader): make sure the weights are the step's, then start the window.
             if self._versions.weights[r.model] != self._versions.check(r.model, r.weights()):
                 await self._versions.set_weights(r.model, r.weights())
-            self._marks[r.model] = (r.step, now, read_counts(self._registry, r.model))
+            self._marks[r.model] = (r.step, now, await self._fleet(r.model))
             return
         _, started, before = mark
+        after = await self._fleet(r.model)
+        for replica, counts in after.items():
+            # A replica first seen after the window began starts counting where it was first seen:
+            # its earlier traffic (maybe hours of baseline) is not this window's.
+            before.setdefault(replica, counts)
         if now - started < r.window_s:
             return
-        after = read_counts(self._registry, r.model)
-        empty = VersionCounts()
-        canary = WindowStats.of(after.get(r.canary, empty).minus(before.get(r.canary, empty)))
-        baseline = WindowStats.of(after.get(r.baseline, empty).minus(before.get(r.baseline, empty)))
+        canary = WindowStats.of(window_counts(before, after, r.canary))
+        baseline = WindowStats.of(window_counts(before, after, r.baseline))
         verdict = judge(r.thresholds, canary, baseline)
         if not verdict.decided:
             return  # keep the window open until both sides have enough requests
@@ -319,6 +386,7 @@ class RolloutController:
             "canary": canary.public(),
             "baseline": baseline.public(),
             "window_s": round(now - started, 2),
+            "replicas": len(after),
         }
         if not verdict.passed:
             reason = "; ".join(verdict.reasons)
@@ -334,6 +402,7 @@ class RolloutController:
                 "Rollout rolled back by the SLO gate: model=%s canary=%s reason=%s", r.model, r.canary, reason
             )
             self._marks.pop(r.model, None)
+            await self._redis.delete(COUNTS_KEY + r.model)
             return
         if r.step + 1 < len(r.steps):
             nxt = replace(r, step=r.step + 1, reason="")
@@ -345,7 +414,7 @@ class RolloutController:
                 canary=r.canary, baseline=r.baseline, canary_percent=nxt.canary_percent,
                 weights=nxt.weights(), window=window,
             )  # fmt: skip
-            self._marks[r.model] = (nxt.step, self._clock(), read_counts(self._registry, r.model))
+            self._marks[r.model] = (nxt.step, self._clock(), await self._fleet(r.model))
             return
         done = replace(r, status="promoted", reason="passed every step")
         await self._versions.set_weights(r.model, done.weights())
@@ -357,6 +426,7 @@ class RolloutController:
         )  # fmt: skip
         log.info("Rollout promoted: model=%s canary=%s", r.model, r.canary)
         self._marks.pop(r.model, None)
+        await self._redis.delete(COUNTS_KEY + r.model)
 
     async def run(self) -> None:
         """Loop forever (cancelled by the app's lifespan); Redis errors are retried next tick."""

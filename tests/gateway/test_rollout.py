@@ -283,3 +283,37 @@ def test_a_replica_without_the_versions_keeps_serving_during_a_rollout(
         )
         assert raw.headers["x-servelab-version"] == "default"
     assert weights_of(old) == {"default": 100.0}
+
+
+def test_the_gate_judges_the_whole_fleet_not_only_the_leader(
+    tmp_path: Path, fast_upstream: Callable[..., str], gateway: Callable[..., GatewayHandle]
+) -> None:
+    """Canary traffic reaches only replica A and baseline traffic only replica B, so no single
+    replica's own metrics can ever show both sides: only the fleet-wide window can decide."""
+    good, slow = fast_upstream(tokens=8), fast_upstream(tokens=8, ttft_ms=200)
+    cfg = versions_config(tmp_path, [good], [slow])
+    a, b = gateway(cfg), gateway(cfg)
+    key = a.new_key("acme")
+    to_a, to_b = a.client(key), b.client(key)
+    with a.admin() as c:
+        assert c.post("/admin/v1/rollouts", json={"model": "fast", "canary": "v2", **GATE}).status_code == 201
+    deadline = time.monotonic() + 90
+    st: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        for client, version in ((to_a, "v2"), (to_b, "v1"), (to_b, "v1")):
+            for _ in client.chat.completions.create(
+                model="fast",
+                messages=MSG,
+                max_tokens=8,
+                stream=True,
+                extra_headers={"x-servelab-version": version},
+            ):
+                pass
+        with b.admin() as c:
+            st = c.get("/admin/v1/rollouts/fast").json()
+        if st["status"] != "running":
+            break
+    assert st["status"] == "aborted", st
+    window = st["audit"][0]["detail"]["window"]
+    assert window["replicas"] == 2
+    assert "p95 TTFT" in st["audit"][0]["reason"]

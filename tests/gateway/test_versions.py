@@ -110,3 +110,18 @@ def test_window_counts_subtract() -> None:
     after = VersionCounts(30, 1, {0.1: 20.0, math.inf: 30.0}, {})
     w = WindowStats.of(after.minus(before))
     assert w.requests == 20 and w.error_rate == 0.0 and w.ttft_samples == 20
+
+
+def test_window_counts_sum_replicas_and_handle_restarts_and_newcomers() -> None:
+    from gateway.rollout import window_counts
+
+    def c(n: float) -> VersionCounts:
+        return VersionCounts(n, 0, {0.1: n, math.inf: n}, {})
+
+    before = {"a": {"v2": c(10)}, "b": {"v2": c(100)}}
+    after = {"a": {"v2": c(15)}, "b": {"v2": c(3)}, "new": {"v2": c(7)}}
+    # a: +5; b restarted (100 -> 3): its 3 are new; a replica absent at the start counts in full
+    assert window_counts(before, after, "v2").requests == 5 + 3 + 7
+    assert window_counts(before, after, "v1").requests == 0
+    back = VersionCounts.from_json(c(4).to_json())
+    assert back == c(4)
