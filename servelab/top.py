@@ -39,8 +39,10 @@ from servelab.promparse import Snapshot
 GW = "servelab_gateway_"
 TTFT = "vllm:time_to_first_token_seconds"
 TPOT = "vllm:time_per_output_token_seconds"
-# Counters whose first increase means "shedding started" (helper metrics may add more names).
-SHED_MARKERS = ("shed",)
+# Requests the fair queue refused at once (shed when saturated, or a deadline it cannot meet);
+# any other counter named *shed*_total counts too.
+REFUSED = GW + "fair_refused_total"
+SHED_MARKERS = ("shed", "fair_refused")
 
 
 def fmt_s(x: float) -> str:
@@ -70,6 +72,7 @@ class TenantRow:
     tok_out_s: float
     limited: dict[str, float]
     queue_p95_s: float
+    queued: float
     spend_usd: float
     quota_left: float | None
 
@@ -142,6 +145,10 @@ def compute(prev: dict[str, Snapshot], cur: dict[str, Snapshot], gateways: Seque
         }
         limited = {k: sum(pp.increase(p, c, GW + "rate_limited_total", tenant=t, limit=k) for p, c in pairs)
                    for k in kinds}  # fmt: skip
+        # the fair queue's refusals (shed, deadline) are 429/503s too, counted by their reason
+        reasons = {k for p, c in pairs for k in pp.increase_by(p, c, REFUSED, "reason", tenant=t)}
+        for k in reasons:
+            limited[k] = sum(pp.increase(p, c, REFUSED, tenant=t, reason=k) for p, c in pairs)
         quotas = [c.value(GW + "quota_remaining_tokens", tenant=t) for _, c in pairs
                   if c.by_label(GW + "quota_remaining_tokens", "tenant").get(t) is not None]  # fmt: skip
         rows.append(TenantRow(
@@ -151,6 +158,7 @@ def compute(prev: dict[str, Snapshot], cur: dict[str, Snapshot], gateways: Seque
             tok_out_s=per_s(GW + "completion_tokens_total", tenant=t),
             limited={k: v for k, v in limited.items() if v > 0},
             queue_p95_s=quantile(0.95, GW + "queue_wait_seconds", tenant=t),
+            queued=sum(c.value(GW + "fair_queue_depth", tenant=t) for _, c in pairs),
             spend_usd=sum(c.value(GW + "cost_usd_total", tenant=t) for _, c in pairs),
             quota_left=min(quotas) if quotas else None,
         ))  # fmt: skip
@@ -223,13 +231,13 @@ class EventLog:
 def render(view: View, events: EventLog, frame: int, title: str, spares: Sequence[str] = ()) -> Group:
     head = Text(f"{title}   window {view.span_s:.1f} s   frame {frame}   (Ctrl-C quits)", style="bold")
     t = Table(title="tenants", title_justify="left", expand=False)
-    for col in ("tenant", "req/s", "tok/s in", "tok/s out", "429s by limit", "queue p95", "spend",
+    for col in ("tenant", "req/s", "tok/s in", "tok/s out", "refused", "queue p95", "queued", "spend",
                 "quota left"):  # fmt: skip
-        t.add_column(col, justify="left" if col in ("tenant", "429s by limit") else "right")
+        t.add_column(col, justify="left" if col in ("tenant", "refused") else "right")
     for r in view.tenants:
         limited = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.limited.items())) or "-"
         t.add_row(r.tenant, fmt_rate(r.req_s), fmt_rate(r.tok_in_s), fmt_rate(r.tok_out_s), limited,
-                  fmt_s(r.queue_p95_s), fmt_usd(r.spend_usd),
+                  fmt_s(r.queue_p95_s), f"{r.queued:.0f}", fmt_usd(r.spend_usd),
                   "-" if r.quota_left is None else f"{r.quota_left:,.0f}")  # fmt: skip
     b = Table(title="backends", title_justify="left")
     for col in ("backend", "state", "run", "wait", "KV %", "TTFT p50", "TTFT p95", "TPOT p50", "TPOT p95",

@@ -135,8 +135,8 @@ def test_top_screen_equals_metrics_over_the_same_window(stack: Stack, tmp_path: 
         assert sum(expected.values()) == limited
 
         acme_row = _row(text, "acme")
-        assert acme_row[6] == fmt_usd(after_gw.value(GW + "cost_usd_total", tenant="acme"))
-        assert acme_row[7] == f"{after_gw.value(GW + 'quota_remaining_tokens', tenant='acme'):,.0f}"
+        assert acme_row[7] == fmt_usd(after_gw.value(GW + "cost_usd_total", tenant="acme"))
+        assert acme_row[8] == f"{after_gw.value(GW + 'quota_remaining_tokens', tenant='acme'):,.0f}"
         for col, name in ((1, "requests_total"), (2, "prompt_tokens_total"), (3, "completion_tokens_total")):
             total = pp.increase(before_gw, after_gw, GW + name, tenant="acme")
             assert total > 0
