@@ -224,6 +224,9 @@ class GatewayConfig(_Strict):
 
     def with_backends(self, model: str, backends: list[str]) -> GatewayConfig:
         """A copy whose `model` points at other backend URLs (the local stack uses this)."""
+        if self.models[model].versions is not None:
+            # Which URL would belong to which version is not knowable here: refuse, don't guess.
+            raise ConfigError(f"models.{model}: has versions; rewrite each version's backends instead")
         models = dict(self.models)
         models[model] = models[model].model_copy(update={"backends": [b.rstrip("/") for b in backends]})
         return self.model_copy(update={"models": models})

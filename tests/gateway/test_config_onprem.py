@@ -62,3 +62,17 @@ def test_versions_fill_backends_and_round_trip_with_regions() -> None:
     )  # fmt: skip
     table = plain.models["m"].version_table()
     assert list(table) == ["default"] and table["default"].upstream_model == "x"
+
+
+def test_with_backends_refuses_a_model_with_versions() -> None:
+    good = parse_config(
+        {
+            "plans": {"p": {"requests_per_minute": 1, "tokens_per_minute": 1, "tokens_per_month": 1,
+                            "max_concurrent_requests": 1}},
+            "tenants": {"a": {"plan": "p"}},
+            "models": {"m": {"versions": {"v1": {"backends": ["http://a:1"], "weight": 1}}}},
+        },
+        "test",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"models\.m: has versions; rewrite each version.s backends instead"):
+        good.with_backends("m", ["http://b:1"])
