@@ -74,5 +74,5 @@ def test_with_backends_refuses_a_model_with_versions() -> None:
         },
         "test",
     )  # fmt: skip
-    with pytest.raises(ConfigError, match=r"models\.m: has versions; rewrite each version.s backends instead"):
+    with pytest.raises(ConfigError, match=r"models\.m: has versions; rewrite each version.s backends"):
         good.with_backends("m", ["http://b:1"])
