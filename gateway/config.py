@@ -187,7 +187,9 @@ class Model(_Strict):
         if self.versions is not None:
             return dict(self.versions)
         return {
-            "default": ModelVersion(backends=list(self.backends), weight=100, upstream_model=self.upstream_model)
+            "default": ModelVersion(
+                backends=list(self.backends), weight=100, upstream_model=self.upstream_model
+            )
         }
 
 
@@ -274,9 +276,8 @@ def _cross_check(cfg: GatewayConfig) -> list[str]:
                     problems.append(f"tenants.{name}.regions.{i}: unknown region {region!r} (known: {known})")
         for model, version in tenant.versions.items():
             if model not in cfg.models:
-                problems.append(
-                    f"tenants.{name}.versions.{model}: unknown model {model!r} (known: {', '.join(cfg.models)})"
-                )
+                known = ", ".join(cfg.models)
+                problems.append(f"tenants.{name}.versions.{model}: unknown model {model!r} (known: {known})")
             elif version not in cfg.models[model].version_table():
                 known = ", ".join(cfg.models[model].version_table())
                 problems.append(
