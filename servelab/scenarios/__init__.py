@@ -35,16 +35,20 @@ _CATALOG: dict[str, tuple[str, str, str]] = {
         "a cold replica (MoE kernels compile on first use) joins: TTFT spikes until warm",
         "--spare-backends 1",
     ),
-    "scale-out": ("growth", "add a replica to a saturated model: p95 before and after", "--spare-backends 1"),
+    "scale-out": (
+        "growth",
+        "add a replica to a saturated model: p95 before and after",
+        "--spare-backends 1 --max-num-seqs 8",
+    ),
     "noisy-neighbour": (
         "contention",
         "a noisy tenant floods the model; a steady tenant keeps its share",
-        "--backends 1 or more",
+        "--max-num-seqs 8: the gateway's fair queue on",
     ),
     "overload": (
         "contention",
         "2x capacity: shedding by tier, top tier's goodput kept",
-        "--backends 1 or more",
+        "--max-num-seqs 8: the gateway's fair queue on",
     ),
     "canary": (
         "canary",
