@@ -47,10 +47,11 @@ from gateway.metrics import GatewayMetrics
 from gateway.prefixroute import PrefixAffinity
 from gateway.proxy import new_session
 from gateway.ratelimit import Limiter
+from gateway.redistarget import FailoverWatch, RedisTarget
 from gateway.rollout import RolloutController
 from gateway.routing import pool_from_config
 from gateway.runtime import Runtime, runtime
-from gateway.scriptconn import RedisTarget, ScriptConnection
+from gateway.scriptconn import ScriptConnection
 from gateway.settings import GatewaySettings
 from gateway.spool import SettleSpool
 from gateway.upstream import UpstreamClient
@@ -173,7 +174,18 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
             target,
             connect_timeout_s=settings.redis_connect_timeout_s,
             command_timeout_s=settings.redis_socket_timeout_s,
+            wait_replicas=settings.redis_settle_wait_replicas,
+            wait_timeout_ms=settings.redis_settle_wait_ms,
         )
+        watch_task: asyncio.Task[None] | None = None
+        if target.sentinels:
+            # When Sentinel promotes a replica every connection goes at once, so nothing more is
+            # written to the old master (the pub/sub client resubscribes and resyncs on the new one).
+            watch = FailoverWatch(target, connect_timeout_s=settings.redis_connect_timeout_s)
+            watch.on_switch(scripts.reset)
+            watch.on_switch(lambda _: redis.connection_pool.disconnect())
+            watch.on_switch(lambda _: subscriber.connection_pool.disconnect())
+            watch_task = asyncio.create_task(watch.run())
         replica_id = os.urandom(6).hex()  # new per process: a restarted replica is a new one
         limiter = Limiter(
             scripts,
@@ -192,8 +204,11 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
             read_timeout_s=settings.upstream_read_timeout_s,
         )
         bound = settings.prefix_affinity_load_bound
-        pool = pool_from_config(cfg, down_s=settings.backend_down_s,
-                                affinity=None if bound is None else PrefixAffinity(load_bound=bound))
+        pool = pool_from_config(
+            cfg,
+            down_s=settings.backend_down_s,
+            affinity=None if bound is None else PrefixAffinity(load_bound=bound),
+        )
         rt = Runtime(
             settings=settings,
             config=cfg,
@@ -258,6 +273,10 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
             await scripts.close()
             await subscriber.aclose()
             await redis.aclose(close_connection_pool=True)
+            if watch_task is not None:
+                watch_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch_task
             if sentinel is not None:
                 await sentinel.aclose()
 

@@ -114,7 +114,7 @@ class Limiter:
         replica_id: str = "",
     ) -> None:
         self._admit = Script(conn, _lua("admit.lua"))
-        self._settle = Script(conn, _lua("settle.lua"))
+        self._settle = Script(conn, _lua("settle.lua"), durable=True)  # WAITs for replicas if configured
         self._beat = Script(conn, _lua("heartbeat.lua"))
         self._lease_ms = str(int(lease_ttl_s * 1000))
         self._settled_ttl = str(settled_ttl_s)

@@ -14,14 +14,8 @@ reconnects (that is how the gateway recovers from a Redis restart without being 
 NOSCRIPT (script cache wiped by a restart) is answered by loading the script and retrying once.
 Everything else (admin, usage, key lookups, pub/sub) keeps using redis-py.
 
-Where Redis is comes from one URL (`RedisTarget`), the same one app.py builds the redis-py
-clients from, so the two clients cannot disagree:
-
-    redis://[[user]:password@]host[:port][/db]
-    rediss://...?ssl_ca_certs=ca.pem[&ssl_certfile=..&ssl_keyfile=..&ssl_cert_reqs=required
-                 &ssl_check_hostname=true]                         TLS, redis-py's parameter names
-    redis+sentinel://[[user]:password@]h1[:26379],h2,h3/<master>[/db][?sentinel_password=..]
-    rediss+sentinel://...                                           TLS to Sentinels and master
+The connection goes where `RedisTarget` (redistarget.py) says: TLS for rediss://, and the
+Sentinels' current master for redis+sentinel://.
 
 AUTH sends the ACL user when there is one (`AUTH user password`), else `AUTH password`. With
 Sentinel, each (re)connect asks the Sentinels in turn for the master's address
@@ -31,148 +25,28 @@ replica is refused, so the caller gets a ConnectionError and the next call asks 
 same way, and `-LOADING` (a restarted Redis reading its AOF) is redis-py's BusyLoadingError,
 a ConnectionError too. A failover therefore looks to the gateway like a short Redis outage,
 which it already survives; nothing is retried here, so nothing can be sent twice.
+
+Redis replication is asynchronous, so a write the old master acknowledged just before a
+failover can be missing on the new one. With `wait_replicas` > 0, a script marked durable
+(settle) is followed by `WAIT n ms` in the same write, on a second connection so that admissions
+never queue behind a WAIT. A settle that fewer than n replicas acknowledged raises NotReplicated
+(a ConnectionError): the caller spools it and replays it later, and settle.lua's per-request
+marker keeps the replay from counting twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import ssl
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import hiredis
 from redis.exceptions import AuthenticationError, BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-_SCHEMES = {"redis": (False, False), "rediss": (True, False),
-            "redis+sentinel": (False, True), "rediss+sentinel": (True, True)}  # fmt: skip
-_TLS_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
-_SENTINEL_PARAMS = ("sentinel_username", "sentinel_password")
-_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
-
-
-def _host_port(item: str, default_port: int, url: str) -> tuple[str, int]:
-    host, port = item, str(default_port)
-    if item.startswith("["):  # [ipv6]:port
-        host, _, rest = item[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else port
-    elif item.count(":") == 1:
-        host, port = item.split(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad host:port {item!r} in Redis URL {_redact(url)!r}")
-    return host, int(port)
-
-
-def _redact(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    userinfo, at, hosts = rest.rpartition("@")
-    if not at:
-        return url
-    user = userinfo.partition(":")[0]
-    return f"{scheme}://{user}:***@{hosts}"
-
-
-@dataclass(frozen=True)
-class RedisTarget:
-    """Where Redis is and how to authenticate, parsed once from the URL; see the module docstring."""
-
-    url: str
-    tls: bool
-    host: str
-    port: int
-    db: int
-    username: str | None
-    password: str | None
-    tls_params: tuple[tuple[str, str], ...] = ()
-    sentinels: tuple[tuple[str, int], ...] = ()
-    master_name: str | None = None
-    sentinel_username: str | None = None
-    sentinel_password: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> RedisTarget:
-        """Raise ValueError naming what is wrong (never echoing the password)."""
-        parts = urlsplit(url)
-        if parts.scheme not in _SCHEMES:
-            raise ValueError(
-                f"unsupported Redis URL scheme {parts.scheme!r}: use one of {', '.join(sorted(_SCHEMES))}"
-            )
-        tls, sentinel = _SCHEMES[parts.scheme]
-        userinfo, _, hostlist = parts.netloc.rpartition("@")
-        user, has_pw, password = userinfo.partition(":")
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        allowed = (_TLS_PARAMS if tls else ()) + (_SENTINEL_PARAMS if sentinel else ())
-        unknown = sorted(set(query) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"unknown parameter(s) {', '.join(unknown)} in Redis URL {_redact(url)!r}; "
-                f"this scheme takes: {', '.join(allowed) or 'none'}"
-            )
-        if query.get("ssl_cert_reqs", "required") not in _CERT_REQS:
-            raise ValueError(f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}")
-        path = [p for p in parts.path.split("/") if p]
-        master_name = None
-        if sentinel:
-            if not path:
-                raise ValueError(
-                    f"Redis URL {_redact(url)!r} names no master: use {parts.scheme}://host:26379/<master>[/db]"
-                )
-            master_name = unquote(path.pop(0))
-        if len(path) > 1 or (path and not path[0].isdigit()):
-            raise ValueError(f"bad database number in Redis URL {_redact(url)!r}")
-        hosts = [h for h in hostlist.split(",") if h]
-        if not hosts:
-            hosts = ["127.0.0.1"]
-        if len(hosts) > 1 and not sentinel:
-            raise ValueError(f"several hosts in Redis URL {_redact(url)!r}: only a Sentinel URL takes a list")
-        addrs = tuple(_host_port(h, 26379 if sentinel else 6379, url) for h in hosts)
-        return cls(
-            url=url,
-            tls=tls,
-            host=addrs[0][0],
-            port=addrs[0][1],
-            db=int(path[0]) if path else 0,
-            username=unquote(user) if user else None,
-            password=unquote(password) if has_pw else None,
-            tls_params=tuple((k, v) for k, v in query.items() if k in _TLS_PARAMS),
-            sentinels=addrs if sentinel else (),
-            master_name=master_name,
-            sentinel_username=query.get("sentinel_username"),
-            sentinel_password=query.get("sentinel_password"),
-        )
-
-    @property
-    def redacted(self) -> str:
-        """The URL with the password replaced, for logs and errors."""
-        return _redact(self.url)
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """The client TLS context for rediss:// (verifies the server unless ssl_cert_reqs=none)."""
-        if not self.tls:
-            return None
-        p = dict(self.tls_params)
-        ctx = ssl.create_default_context(cafile=p.get("ssl_ca_certs"))
-        if p.get("ssl_certfile"):
-            ctx.load_cert_chain(p["ssl_certfile"], p.get("ssl_keyfile"))
-        reqs = _CERT_REQS[p.get("ssl_cert_reqs", "required")]
-        ctx.check_hostname = reqs != ssl.CERT_NONE and p.get("ssl_check_hostname", "true").lower() in (
-            "1", "true", "yes", "on",
-        )  # fmt: skip
-        ctx.verify_mode = reqs
-        return ctx
-
-    def redis_py_kwargs(self) -> dict[str, Any]:
-        """Connection keywords for redis-py (Redis(...) or Sentinel.master_for) meaning the same."""
-        kw: dict[str, Any] = {"db": self.db, "username": self.username, "password": self.password}
-        if self.tls:
-            kw["ssl"] = True
-            for k, v in self.tls_params:
-                kw[k] = v.lower() in ("1", "true", "yes", "on") if k == "ssl_check_hostname" else v
-        return kw
+from gateway.redistarget import RedisTarget
 
 
 def pack(args: tuple[Any, ...] | list[Any]) -> bytes:
@@ -249,11 +123,21 @@ class _Protocol(asyncio.Protocol):
         self.out.clear()
 
 
+class NotReplicated(RedisConnectionError):
+    """The master ran the script but fewer replicas than asked acknowledged it in time."""
+
+
 class ScriptConnection:
     """EVALSHA over one pipelined connection; reconnects on demand (through Sentinel if asked)."""
 
     def __init__(
-        self, target: RedisTarget | str, *, connect_timeout_s: float, command_timeout_s: float
+        self,
+        target: RedisTarget | str,
+        *,
+        connect_timeout_s: float,
+        command_timeout_s: float,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
         self._target = target if isinstance(target, RedisTarget) else RedisTarget.parse(target)
         self._ssl = self._target.ssl_context()
@@ -262,6 +146,9 @@ class ScriptConnection:
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
         self.address: tuple[str, int] | None = None  # the node the last connection went to
+        self.wait_replicas = wait_replicas
+        self._wait_ms = wait_timeout_ms
+        self._twin: ScriptConnection | None = None  # durable scripts and their WAIT go here
 
     def _lost(self, proto: _Protocol) -> None:
         if self._proto is proto:
@@ -384,26 +271,60 @@ class ScriptConnection:
     async def execute(self, *args: Any) -> Any:
         return await self._send(await self._get(), list(args))
 
+    async def execute_replicated(self, *args: Any) -> Any:
+        """Run one command and `WAIT wait_replicas` in the same write, on the twin connection.
+
+        Returns the command's reply; raises NotReplicated when too few replicas acknowledged.
+        """
+        if self.wait_replicas <= 0:
+            return await self.execute(*args)
+        if self._twin is None:
+            self._twin = ScriptConnection(
+                self._target, connect_timeout_s=self._connect_timeout, command_timeout_s=self._timeout
+            )
+        twin = self._twin
+        proto = await twin._get()
+        first = asyncio.ensure_future(twin._send(proto, list(args)))
+        try:
+            acked = await twin._send(proto, ["WAIT", self.wait_replicas, self._wait_ms])
+        finally:
+            reply = await first  # raises the command's own error first (e.g. NOSCRIPT)
+        if acked < self.wait_replicas:
+            raise NotReplicated(
+                f"Redis ran the command but {acked} of {self.wait_replicas} replica(s) acknowledged it "
+                f"within {self._wait_ms} ms"
+            )
+        return reply
+
+    def reset(self, reason: str = "reset") -> None:
+        """Drop the connections now (pending calls fail with ConnectionError); the next call reconnects."""
+        for conn in (self, self._twin):
+            if conn is not None and conn._proto is not None:
+                conn._proto.fail(RedisConnectionError(f"Redis connection dropped: {reason}"))
+                conn._proto = None
+
     async def close(self) -> None:
-        if self._proto is not None:
-            self._proto.fail(RedisConnectionError("connection closed by the gateway"))
-            self._proto = None
+        self.reset("closed by the gateway")
 
 
 class Script:
-    """A Lua script run by SHA; loaded on first NOSCRIPT (e.g. after a Redis restart)."""
+    """A Lua script run by SHA; loaded on first NOSCRIPT (e.g. after a Redis restart).
 
-    def __init__(self, conn: ScriptConnection, source: str) -> None:
+    `durable` scripts (settle) wait for the connection's `wait_replicas`, when it has any.
+    """
+
+    def __init__(self, conn: ScriptConnection, source: str, *, durable: bool = False) -> None:
         self.conn = conn
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self._run = conn.execute_replicated if durable else conn.execute
 
     async def load(self) -> None:
         await self.conn.execute("SCRIPT", "LOAD", self.source)
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
         try:
-            return await self.conn.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await self._run("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:
             await self.load()
-            return await self.conn.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await self._run("EVALSHA", self.sha, len(keys), *keys, *args)

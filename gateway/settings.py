@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.scriptconn import RedisTarget
+from gateway.redistarget import RedisTarget
 
 
 class GatewaySettings(BaseSettings):
@@ -48,6 +48,17 @@ class GatewaySettings(BaseSettings):
     redis_pool_timeout_s: float = Field(default=2.0, description="Wait for a free pooled connection.")
     redis_socket_timeout_s: float = Field(default=1.0, description="Per-command socket timeout.")
     redis_connect_timeout_s: float = Field(default=0.5, description="TCP connect timeout to Redis.")
+    redis_settle_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Replicas that must acknowledge a settle (Redis WAIT) before it counts; fewer "
+        "spools it for replay. 0: off. With Sentinel, 1 keeps metering whole when the primary dies; "
+        "all replicas keeps it whole through a planned SENTINEL FAILOVER too. While too few replicas "
+        "answer, settles wait in the spool: nothing is lost, usage shows up late (docs/scaling.md).",
+    )
+    redis_settle_wait_ms: int = Field(
+        default=100, ge=1, description="How long a settle waits for its replicas before it is spooled."
+    )
     lease_ttl_s: float = Field(
         default=120.0, description="Concurrency lease expiry; bounds what a crashed replica can leak."
     )

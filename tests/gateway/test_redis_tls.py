@@ -19,7 +19,8 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redisnodes import TlsRedis, start_tls_redis
 
-from gateway.scriptconn import RedisTarget, Script, ScriptConnection
+from gateway.redistarget import RedisTarget
+from gateway.scriptconn import Script, ScriptConnection
 from gateway.settings import GatewaySettings
 from servelab.procs import Child
 
