@@ -239,7 +239,9 @@ def _stream(
         elif not complete:  # the backend broke or went silent mid-stream
             rt.metrics.backend_errors.labels(call.backend.url, "stream").inc()
         await req.finish(usage, 200 if complete else (499 if client_gone else 502))
-        await _keep_text(req, preq, None)
+        await _keep_text(
+            req, preq, retention.stream_text(proxy.capture) if proxy.capture is not None else None
+        )
         end = time.perf_counter()
         rt.metrics.child(rt.metrics.e2e_seconds, preq.model).observe(end - req.started)
         if first_token_at is not None:
@@ -264,6 +266,8 @@ def _stream(
         on_end=on_end,
     )
     req.progress = proxy.running_usage  # what the heartbeat checkpoints
+    if rt.config.tenants[tenant].prompt_logging.enabled:
+        proxy.capture = []  # only an opted-in tenant's answer is assembled (retention.py)
     return proxy
 
 

@@ -104,8 +104,11 @@ async def open_upstream(
     headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
     tried: Backend | None = None
     for _attempt in range(2):
-        backend = (pool.pick_route(route, exclude=tried, body=body) if route
-                   else pool.pick(model, exclude=tried, body=body))
+        backend = (
+            pool.pick_route(route, exclude=tried, body=body)
+            if route
+            else pool.pick(model, exclude=tried, body=body)
+        )
         backend.outstanding += 1
         started = time.perf_counter()
         try:
@@ -243,6 +246,8 @@ class StreamProxy(Response):
         # so keep its bytes and parse once when needed (json.loads per token was ~4.4 us each).
         self._last_usage: bytes | None = None
         self._chunks = 0  # chunks that carried generated output
+        # Content chunks, kept only for a tenant that opted in to keeping text (retention.py).
+        self.capture: list[bytes] | None = None
 
     def running_usage(self) -> Usage:
         """The backend's last running usage if it sent one, else the estimate and the chunk count."""
@@ -288,6 +293,8 @@ class StreamProxy(Response):
                         break
                     if _is_content_chunk(payload):
                         self._chunks += 1
+                        if self.capture is not None:
+                            self.capture.append(payload)
                     if b'"usage":{' in payload or b'"usage": {' in payload:
                         self._last_usage = payload
                         if _EMPTY_CHOICES.search(payload) is None:

@@ -9,13 +9,15 @@ every append trims entries older than N days (XADD MINID), and the key expires N
 the last append, so a tenant that stops sending leaves nothing behind. An operator reads or
 erases a tenant's kept text through the admin API (`/admin/v1/tenants/{t}/prompts`).
 
-Limitation: for streamed answers the output text is not captured (the stream is relayed
-chunk by chunk without being assembled); the prompt is kept and `output` says so.
+Streamed answers are relayed chunk by chunk as always; for an opted-in tenant only, the
+content chunks are also kept and assembled into the output text once the stream has ended.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -23,6 +25,20 @@ from redis.asyncio import Redis
 from gateway.config import PromptLogging
 
 STREAM_NOT_CAPTURED = "(streamed answer: output not captured)"
+
+
+def stream_text(payloads: Iterable[bytes]) -> bytes:
+    """The text of a streamed answer from its SSE chunk payloads (chat deltas or completion text)."""
+    parts: list[str] = []
+    for payload in payloads:
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            continue
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            parts.append(delta.get("content") or choice.get("text") or "")
+    return "".join(parts).encode()
 
 
 def prompts_key(tenant: str) -> str:
