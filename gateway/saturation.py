@@ -15,9 +15,10 @@ Free slots, the number the fair queue dispatches against (`free_slots`):
 - `slice` = slots / replicas - this replica's in-flight now: each replica's guaranteed part, so a
   stale view never keeps a replica from its share (with N replicas and a load balancer, each
   replica sees about 1/N of the traffic).
-- free = max(view, slice); 0 if any backend reports more waiting requests than `max_waiting` or KV
-  usage at or above `max_kv_usage` (it is about to preempt), unless this replica has nothing in
-  flight (never starve a model completely on a stale reading).
+- free = max(view, slice), but only the slice while any backend reports more waiting requests than
+  `max_waiting` or KV usage at or above `max_kv_usage`: borrowing stops as soon as the engines
+  queue, and a replica within its slice is never blocked by a stale reading (blocking it until
+  the next scrape was measured to add about half a scrape interval to every queued request).
 
 How stale: one scrape interval (default 0.5 s) for other replicas' work. Over-dispatch is bounded by
 what other replicas started within one interval beyond their slice; it waits in the engine's queue
@@ -87,13 +88,12 @@ def free_slots(
 ) -> int:
     """Requests this replica may start now (see the module docstring)."""
     slots = th.max_num_seqs * max(len(loads), 1)
+    mine = slots // max(replicas, 1) - own_now
+    if any(b.waiting > th.max_waiting or b.kv_usage >= th.max_kv_usage for b in loads):
+        return mine  # saturated: no borrowing beyond the slice until the backends drain
     outstanding = sum(b.running + b.waiting for b in loads)
     view = slots - max(0, outstanding - own_at_scrape) - own_now
-    mine = slots // max(replicas, 1) - own_now
-    free = max(view, mine)
-    if own_now > 0 and any(b.waiting > th.max_waiting or b.kv_usage >= th.max_kv_usage for b in loads):
-        free = min(free, 0)
-    return free
+    return max(view, mine)
 
 
 class Detector:

@@ -443,6 +443,9 @@ def live_runs(duration_s: float, warmup_s: float, cap: float, workdir: Path) -> 
     return out
 
 
+NOTES = Path(__file__).with_name("fairness_notes.md").read_text().splitlines()
+
+
 def _steady_p95(rep: FairnessReport) -> float:
     return max(s.ttft_p95_s for t, s in rep.tenants.items() if t.startswith("steady"))
 
@@ -592,6 +595,7 @@ def write_report(
         "",
     ]
     lines += list(live) or ["## Live stack", "", "Not run (`--no-live`).", ""]
+    lines += NOTES
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -89,6 +89,7 @@ class FrontConfig:
     engine_priority: bool = False
     sfq_timeout_s: float = 30.0
     burst_allowance: float = 0.0  # vtc: see FairPolicy
+    max_waiting: int = 0  # vtc: engine queue length that stops borrowing beyond a replica's slice
 
 
 @dataclass
@@ -230,7 +231,7 @@ def run(
         engines[eng_i].add(Request(str(idx), rec.input_len, rec.output_len, arrival_s=now, priority=prio))
         g.own_in_flight += 1
 
-    thresholds = Thresholds(max_num_seqs=front.slots_per_backend, max_waiting=max_num_seqs)
+    thresholds = Thresholds(max_num_seqs=front.slots_per_backend, max_waiting=front.max_waiting)
 
     def slots_for(g: _Gateway) -> int:
         return free_slots(

@@ -30,8 +30,11 @@ def test_free_slots_counts_other_replicas_from_the_scrape_and_own_work_exactly()
     assert free_slots(full, th, own_now=10, own_at_scrape=10, replicas=2) == 6
 
 
-def test_waiting_or_full_kv_means_saturated_unless_nothing_of_ours_runs() -> None:
+def test_waiting_or_full_kv_stops_borrowing_beyond_the_slice() -> None:
     th = Thresholds(max_num_seqs=16, max_waiting=0, max_kv_usage=0.9)
-    assert free_slots([BackendLoad(running=2, waiting=1)], th, own_now=2, own_at_scrape=2) == 0
-    assert free_slots([BackendLoad(running=2, kv_usage=0.95)], th, own_now=2, own_at_scrape=2) == 0
-    assert free_slots([BackendLoad(running=2, kv_usage=0.95)], th, own_now=0, own_at_scrape=2) > 0
+    quiet = [BackendLoad(running=4), BackendLoad(running=4)]
+    assert free_slots(quiet, th, own_now=4, own_at_scrape=4, replicas=2) == 24  # borrows the idle slots
+    queued = [BackendLoad(running=16, waiting=1), BackendLoad(running=4)]
+    assert free_slots(queued, th, own_now=4, own_at_scrape=4, replicas=2) == 12  # its slice only
+    full_kv = [BackendLoad(running=4, kv_usage=0.95), BackendLoad(running=4)]
+    assert free_slots(full_kv, th, own_now=16, own_at_scrape=16, replicas=2) == 0
