@@ -49,7 +49,7 @@ from gateway.metering import tenant_usage
 from gateway.proxy import StreamProxy, UpstreamCall, forwardable_headers, read_json
 from gateway.routing import Route
 from gateway.runtime import Runtime, runtime
-from gateway.versions import STICKY_HEADER, VERSION_HEADER, UnknownVersion, sticky_id
+from gateway.versions import STICKY_HEADER, VERSION_HEADER, PinnedVersion, UnknownVersion, sticky_id
 from gateway.wire import ProxyRequest, parse_request
 
 log = logging.getLogger("gateway.api")
@@ -188,6 +188,8 @@ async def _completions(
         assigned = rt.versions.assign(tenant, preq.model, sid, pick.decode("latin-1") if pick else None)
     except UnknownVersion as exc:
         raise InvalidRequest(str(exc), param="x-servelab-version", code="unknown_model_version") from None
+    except PinnedVersion as exc:
+        raise ModelNotAllowed(str(exc), param="x-servelab-version", code="version_pinned") from None
     model = assigned.model
     req.route = Route(preq.model, assigned.version, rt.versions.regions[tenant])
     plan = rt.plan(tenant)

@@ -3,8 +3,9 @@
 A tenant calls an alias (`mixtral-8x7b`); the config lists the versions behind it, each with its
 backends and a weight (90/10). Which version serves a request is decided in this order:
 
-1. the `x-servelab-version` header, for testing a version on purpose (an unknown one is a 400);
-2. the tenant's pin (`tenants.<t>.versions.<alias>` in the YAML);
+1. the tenant's pin (`tenants.<t>.versions.<alias>` in the YAML), which binds: an operator pins a
+   tenant that validated a version, so the tenant's own header cannot move it off (403);
+2. the `x-servelab-version` header, for testing a version on purpose (an unknown one is a 400);
 3. a hash of a sticky id, mapped onto the weights.
 
 The sticky id is the client's `x-conversation-id` header, else the request's `user` field, else
@@ -45,6 +46,10 @@ Weights = tuple[tuple[str, float], ...]
 
 class UnknownVersion(ValueError):
     """A version name that the alias does not have."""
+
+
+class PinnedVersion(ValueError):
+    """The header asks for another version than the one the tenant is pinned to."""
 
 
 def bucket(model: str, sticky_id: str) -> float:
@@ -122,13 +127,15 @@ class LiveVersions:
         return {key: list(m.backends) for key, m in self._effective.items()}
 
     def assign(self, tenant: str, model: str, sid: str, requested: str | None = None) -> Assignment:
-        """Decide the version of one request (header, then pin, then sticky weighted)."""
+        """Decide the version of one request (pin, then header, then sticky weighted)."""
+        pinned = self._config.tenants[tenant].versions.get(model)
         if requested:
             if (model, requested) not in self._effective:
                 known = ", ".join(self.versions(model))
                 raise UnknownVersion(f"Model {model!r} has no version {requested!r} (versions: {known}).")
+            if pinned is not None and requested != pinned:
+                raise PinnedVersion(f"Tenant {tenant!r} is pinned to version {pinned!r} of {model!r}.")
             return Assignment(requested, "header", self._effective[(model, requested)])
-        pinned = self._config.tenants[tenant].versions.get(model)
         if pinned is not None:
             return Assignment(pinned, "pinned", self._effective[(model, pinned)])
         version = choose(self.weights[model], bucket(model, sid))

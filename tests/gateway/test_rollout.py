@@ -186,6 +186,12 @@ def test_live_assignment_is_sticky_per_conversation_and_routes_to_the_versions_b
         for i in range(10)
     }
     assert got == {"v1"}
+    # The pin binds: the pinned tenant's own header cannot move it to another version.
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        pinned.chat.completions.create(
+            model="fast", messages=MSG, max_tokens=2, extra_headers={"x-servelab-version": "v2"}
+        )
+    assert denied.value.response.json()["error"]["code"] == "version_pinned"
     events = gw.usage("acme")["recent_events"]
     assert {e["version"] for e in events} == {"v1", "v2"}
 
