@@ -71,3 +71,43 @@ def _values(store: redis.Redis, key: bytes) -> list[bytes]:
     if kind == "stream":
         return [v for _, f in store.xrange(key) for v in f.values()]
     return [store.dump(key) or b""]
+
+
+async def test_each_write_trims_entries_older_than_the_retention(redis_url: str) -> None:
+    """An entry older than the retention (here one from 1970) is gone after the next write."""
+    from redis.asyncio import Redis
+
+    from gateway import retention
+    from gateway.config import PromptLogging
+
+    client = Redis.from_url(redis_url)
+    try:
+        key = retention.prompts_key("t")
+        await client.xadd(key, {"request": "ancient"}, id="1-0")
+        policy = PromptLogging(enabled=True, retention_days=1)
+        await retention.keep(
+            client,
+            policy,
+            tenant="t",
+            request_id="r1",
+            model="m",
+            version="v1",
+            request_body=b"{}",
+            output=b"x",
+        )
+        kept = await retention.read(client, "t")
+        assert [e["request_id"] for e in kept] == ["r1"]
+        # Off by default: nothing is written at all.
+        await retention.keep(
+            client,
+            PromptLogging(),
+            tenant="u",
+            request_id="r2",
+            model="m",
+            version="",
+            request_body=b"{}",
+            output=None,
+        )
+        assert await client.exists(retention.prompts_key("u")) == 0
+    finally:
+        await client.aclose()
