@@ -3,16 +3,21 @@
 An admitted request holds a concurrency lease and a token reservation in Redis, maybe a slot in
 the fair queue, the in-flight gauge, a backend's outstanding count and an open upstream
 response; a long one also runs a heartbeat. `RequestOwner` acquires each of these through its
-own methods, registers the release on an `AsyncExitStack` as it goes, and `finish()` releases
-them all (last acquired first) and then settles exactly once, whichever way the request ends:
+own methods, registers the release as it goes (a plain list of callbacks: an `AsyncExitStack`
+measured 5.5 us per request for three synchronous releases, a list 0.3 us), and `finish()`
+releases them all (last acquired first, each even if an earlier one raised) and then settles
+exactly once, whichever way the request ends:
 a normal answer, an error before or after the backend, a client disconnect mid-stream, a
 cancellation, or an exception nobody expected. `api.py` opens the owner with `async with` and
 can then read top to bottom without a release on any error path.
 
-The heartbeat is a timer armed at admission, not a task: a request that ends before
-`lease_heartbeat_s` (nearly all of them) never makes a third Redis call. One that runs longer
-renews its lease every interval and checkpoints its running usage in the same call, so that if
-this process dies a survivor can settle the request from the last checkpoint (`recovery.py`).
+The heartbeat costs a short request nothing but a set insert: an admitted owner joins
+`rt.live`, and one loop per process (`heartbeats`, every quarter interval) beats for the owners
+whose last beat is `lease_heartbeat_s` old. A request that ends first (nearly all of them) never
+makes a third Redis call, and no timer is armed per request (`call_later` + `cancel` measured
+3.2 us). One that runs longer renews its lease about every interval and checkpoints its running
+usage in the same call, so that if this process dies a survivor can settle the request from the
+last checkpoint (`recovery.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -81,10 +85,9 @@ class RequestOwner:
         self.progress: Callable[[], Usage] | None = None  # running usage, read by the heartbeat
         self.route: Route | None = None  # version and allowed regions (versions.py, routing.py)
         self.region = ""  # region of the backend reached, for metrics and the usage event
-        self._stack = AsyncExitStack()
+        self._releases: list[Callable[[], object]] = []  # run last-first by finish()
         self._finished = False
-        self._beat_timer: asyncio.TimerHandle | None = None
-        self._beat_task: asyncio.Task[None] | None = None
+        self.last_beat = 0.0  # monotonic time of admission or of the last heartbeat
         self.fair_ticket: Ticket | None = None  # a fair-queue slot, returned with the served tokens
         self._served: tuple[int, int] = (0, 0)  # (prompt, completion) tokens, for that return
 
@@ -144,7 +147,8 @@ class RequestOwner:
             raise rejection(decision, tenant)
         self.admission = Admission(lease_id, reserve, decision.month, prompt_estimate)
         self.entered = True
-        self._beat_timer = asyncio.get_running_loop().call_later(rt.heartbeat_s, self._start_heartbeat)
+        self.last_beat = time.monotonic()
+        rt.live.add(self)  # from here on `heartbeats` keeps the lease alive
         return rate_limit_headers(decision)
 
     async def wait_for_slot(self, cost: int, deadline_ms: float | None = None) -> float:
@@ -191,7 +195,7 @@ class RequestOwner:
                 f"{max_queue_s:g}s ({type(exc).__name__})."
             ) from None
         self.fair_ticket = ticket
-        self._stack.callback(lambda: queue.release(ticket, *self._served))
+        self._releases.append(lambda: queue.release(ticket, *self._served))
         waited = time.perf_counter() - t
         rt.metrics.child(rt.metrics.queue_wait_seconds, self.tenant).observe(waited)
         return waited
@@ -200,7 +204,7 @@ class RequestOwner:
         """Route to a backend and POST; the open response is released by `finish()`."""
         rt = self.rt
         rt.metrics.in_flight.inc()
-        self._stack.callback(rt.metrics.in_flight.dec)
+        self._releases.append(rt.metrics.in_flight.dec)
         call = await open_upstream(
             rt.upstream,
             rt.pool,
@@ -212,44 +216,31 @@ class RequestOwner:
             self.route,
         )
         self.region = call.backend.region or ""
-        self._stack.callback(call.release)
+        self._releases.append(call.release)
         return call
 
     # -- the heartbeat --------------------------------------------------------------------------
-    def _start_heartbeat(self) -> None:
-        self._beat_timer = None
-        if not self._finished:
-            self._beat_task = asyncio.create_task(self._heartbeat())
-
-    async def _heartbeat(self) -> None:
+    async def beat(self) -> None:
+        """One heartbeat: renew the lease and checkpoint the usage so far (never raises)."""
         rt, adm = self.rt, self.admission
-        assert adm is not None
-        while not self._finished:
-            usage = self.progress() if self.progress else Usage(adm.prompt_estimate, 0)
-            try:
-                beat = await rt.limiter.heartbeat(self.tenant, adm.lease_id, usage)
-                rt.redis_answered()
-            except RedisError as exc:
-                rt.redis_failed("heartbeat", exc)
-            else:
-                rt.metrics.heartbeats.inc()
-                if not beat.renewed:
-                    log.warning(
-                        "Lease already settled by another replica's recovery; heartbeat stopped: "
-                        "tenant=%s request_id=%s",
-                        self.tenant,
-                        self.request_id,
-                    )
-                    return
-            await asyncio.sleep(rt.heartbeat_s)
-
-    def _stop_heartbeat(self) -> None:
-        if self._beat_timer is not None:
-            self._beat_timer.cancel()
-            self._beat_timer = None
-        if self._beat_task is not None:
-            self._beat_task.cancel()
-            self._beat_task = None
+        if adm is None or self._finished:
+            return
+        usage = self.progress() if self.progress else Usage(adm.prompt_estimate, 0)
+        try:
+            beat = await rt.limiter.heartbeat(self.tenant, adm.lease_id, usage)
+            rt.redis_answered()
+        except RedisError as exc:
+            rt.redis_failed("heartbeat", exc)
+            return
+        rt.metrics.heartbeats.inc()
+        if not beat.renewed:
+            rt.live.discard(self)
+            log.warning(
+                "Lease already settled by another replica's recovery; heartbeat stopped: "
+                "tenant=%s request_id=%s",
+                self.tenant,
+                self.request_id,
+            )
 
     # -- the end --------------------------------------------------------------------------------
     async def finish(self, usage: Usage | None, status: int) -> None:
@@ -260,13 +251,15 @@ class RequestOwner:
         if self._finished:
             return
         self._finished = True
-        self._stop_heartbeat()
+        self.rt.live.discard(self)
         if usage is not None:
             self._served = (usage.prompt_tokens, usage.completion_tokens)
-        try:
-            await self._stack.aclose()
-        except Exception:  # a release must not stop the settle: log it, go on
-            log.exception("Releasing a request's resources failed: request_id=%s", self.request_id)
+        for release in reversed(self._releases):
+            try:
+                release()
+            except Exception:  # a release must not stop the others or the settle: log it, go on
+                log.exception("Releasing a request's resource failed: request_id=%s", self.request_id)
+        self._releases.clear()
         if not self.entered:
             return
         rt, tenant, model = self.rt, self.tenant, self.model_name
@@ -339,3 +332,16 @@ async def settle_record(rt: Runtime, rec: SettleRecord) -> None:
     if settled.counted == 1:
         # The same integer settle.lua added to usage:{tenant}, so this agrees with /v1/usage.
         m.child(m.cost_usd, rec.tenant, rec.model).inc(micro_to_usd(rec.cost_micro))
+
+
+async def heartbeats(rt: Runtime) -> None:
+    """Run forever: beat for every live request whose last beat is `heartbeat_s` old."""
+    interval = rt.heartbeat_s
+    while True:
+        await asyncio.sleep(interval / 4)
+        now = time.monotonic()
+        due = [o for o in rt.live if now - o.last_beat >= interval]
+        for owner in due:
+            owner.last_beat = now
+        if due:
+            await asyncio.gather(*(o.beat() for o in due))

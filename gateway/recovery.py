@@ -1,4 +1,5 @@
-"""Settling what a dead replica left in flight, and the background loop that does it.
+"""Settling what a dead replica left in flight, and the background loop that does it (it also
+runs the replica's lease heartbeats, `lifecycle.heartbeats`).
 
 Every admitted request has a record in `inflight:{tenant}` (admit.lua) with its reservation,
 its replica and, after each heartbeat, its running usage and lease expiry (heartbeat.lua). A
@@ -33,6 +34,7 @@ from redis.exceptions import RedisError
 
 from gateway.costs import Usage, cost_micro_usd
 from gateway.keyschema import replica_key, tenant_keys
+from gateway.lifecycle import heartbeats
 from gateway.ratelimit import SettleRecord
 
 if TYPE_CHECKING:
@@ -118,14 +120,25 @@ async def maintain(rt: Runtime) -> None:
     """Run forever: spool replay, liveness, recovery, once per tick or when Redis comes back."""
     interval = rt.settings.recovery_interval_s
     healthy_ticks = 0
+    beater = asyncio.create_task(heartbeats(rt))  # the lease heartbeats of this replica's requests
+    try:
+        await _maintain(rt, interval, healthy_ticks)
+    finally:
+        beater.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beater
+
+
+async def _maintain(rt: Runtime, interval: float, healthy_ticks: int) -> None:
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(rt.redis_back.wait(), interval)
         rt.redis_back.clear()
         try:
+            # Liveness first: it is also the probe that Redis answers before the spool is touched.
+            await rt.redis.set(replica_key(rt.replica_id), "1", px=int(interval * 3000))
             if rt.spool.has_work():
                 await rt.spool.replay(rt.limiter.settle)
-            await rt.redis.set(replica_key(rt.replica_id), "1", px=int(interval * 3000))
             healthy_ticks += 1
             if healthy_ticks >= 3:
                 await recover_dead(rt)

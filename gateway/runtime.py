@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 from redis.asyncio import Redis
@@ -28,6 +29,9 @@ from gateway.spool import SettleSpool
 from gateway.upstream import UpstreamClient
 from gateway.versions import LiveVersions
 from gateway.vtcsync import build_queues
+
+if TYPE_CHECKING:
+    from gateway.lifecycle import RequestOwner
 
 log = logging.getLogger("gateway.redis")
 
@@ -47,6 +51,7 @@ class Runtime:
     replica_id: str
     redis_ok: bool = field(default=True)
     redis_back: asyncio.Event = field(default_factory=asyncio.Event)
+    live: set[RequestOwner] = field(default_factory=set)  # admitted, unfinished: lifecycle.heartbeats
     plans: LivePlans = field(init=False)
     versions: LiveVersions = field(init=False)
     queues: dict[str, FairQueue] = field(default_factory=dict)
