@@ -14,7 +14,7 @@ from scenario_stack import run_scenario, scenario_stack
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with scenario_stack(tmp_path_factory.mktemp("scn") / "stack") as state:
+    with scenario_stack(tmp_path_factory.mktemp("scn") / "stack", spare=True) as state:
         yield state
 
 

@@ -14,11 +14,17 @@ from pathlib import Path
 
 from servelab.procs import free_port
 
-UP_ARGS = ("--backends", "2", "--spare-backends", "1", "--gateways", "2", "--max-num-seqs", "8")
+UP_ARGS = ("--backends", "2", "--gateways", "2", "--max-num-seqs", "8")
 
 
 @contextmanager
-def scenario_stack(state: Path) -> Iterator[Path]:
+def scenario_stack(state: Path, spare: bool = False) -> Iterator[Path]:
+    """`servelab up` with 2 replicas, 2 gateways and the fair queue; `spare` adds a replica that is
+    in the gateway's config but not started (scale-out and cold-start start it).
+
+    No spare for backend-down: a dead spare in the config is a second refused backend, and the
+    gateway retries a refused connection once only, so a request can meet both.
+    """
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     log = (state.parent / "up.log").open("wb")
     argv = [
@@ -33,6 +39,7 @@ def scenario_stack(state: Path) -> Iterator[Path]:
         "--backend-port",
         "0",
         *UP_ARGS,
+        *(["--spare-backends", "1"] if spare else []),
     ]
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
