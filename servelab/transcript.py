@@ -2,7 +2,8 @@
 
     .venv/bin/python -m servelab.transcript --out docs/results/walkthrough-run.md
 
-Runs the serving numbers (`servelab capacity`, `servelab simulate`), brings up the stack the
+Runs the serving numbers (`servelab capacity`, `servelab simulate`), `servelab demo` (what
+`make demo` runs, on a stack of its own), brings up the stack the
 scenarios need (`servelab up ...` as a child process), runs every scenario in its full form, takes
 one `servelab top` frame, stops the stack, and writes a Markdown transcript with the date, the
 commit, the machine's CPU count and its load average before and after (measured, not described).
@@ -108,6 +109,16 @@ def main() -> int:
     ]
     code, out, secs = _run(sim, env)
     section("Serving: one replica at its SLO rate, end to end", "servelab " + " ".join(sim), code, out, secs)
+
+    demo = ["demo", "--out", str(args.state_dir.parent / "demo")]
+    code, out, secs = _run(demo, env)
+    section(
+        "make demo (servelab demo): both halves on a stack of its own",
+        "servelab " + " ".join(demo),
+        code,
+        out,
+        secs,
+    )
 
     state = args.state_dir
     state.mkdir(parents=True, exist_ok=True)
