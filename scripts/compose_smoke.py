@@ -622,8 +622,7 @@ def wait_back_healthy(stack: Stack, container: Container, *, since: float, timeo
 
 
 def run_checks(report: Report, stack: Stack, args: argparse.Namespace, standins: bool) -> None:
-    import httpx
-    from openai import OpenAI
+    from openai import DefaultHttpxClient, OpenAI
 
     expect = 7 if standins else 8  # redis, 2 gateways, lb, prometheus, 2 sims (+ grafana)
     with timed(report, "stack up (compose up + every healthcheck green)"):
@@ -642,7 +641,7 @@ def run_checks(report: Report, stack: Stack, args: argparse.Namespace, standins:
             base_url=f"{stack.url}/v1",
             api_key=key,
             timeout=30,
-            http_client=httpx.Client(timeout=30, event_hooks={"response": [attempts.hook]}),
+            http_client=DefaultHttpxClient(timeout=30, event_hooks={"response": [attempts.hook]}),
         )
         for i in range(args.calls):
             report.calls.append(sdk_call(client, attempts, ip_names, stream=i % 3 == 2))
