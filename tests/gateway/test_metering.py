@@ -83,9 +83,8 @@ def test_usage_counters_equal_what_the_backend_counted(
     # The disconnected stream never got a usage block: its prompt is the gateway's estimate.
     want_prompt = sum(backend[r]["prompt_tokens"] for r in ("plain", "usage", "nousage")) + estimate
     assert totals["prompt_tokens"] == want_prompt
-    assert (
-        totals["completion_tokens"] == sum(v["completion_tokens"] for v in backend.values()) == 5 + 7 + 3 + 4
-    )
+    assert totals["completion_tokens"] == sum(v["completion_tokens"] for v in backend.values())
+    assert backend["cut"]["completion_tokens"] >= received == 4
     assert totals["cost_micro_usd"] >= round(want_prompt * 0.5 + totals["completion_tokens"] * 1.5) - 4
 
     with redis.Redis.from_url(redis_url) as r:
