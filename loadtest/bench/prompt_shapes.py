@@ -13,6 +13,7 @@ Prints a Markdown table (docs/gateway.md quotes it).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -81,7 +82,7 @@ def main() -> None:
             text = sum(len(m["content"].encode()) for m in msgs)
             body = len(json.dumps({"model": key, "messages": msgs, "max_tokens": 16}).encode())
             tokens = counter.chat(msgs)
-            us = _time_us(lambda msgs=msgs: counter.chat(msgs), args.repeat)
+            us = _time_us(functools.partial(counter.chat, msgs), args.repeat)
             worst_body = max(worst_body, tokens / body)
             print(
                 f"| {key} | {name} | {len(msgs)} | {text} | {body} | {tokens} | {tokens / max(text, 1):.2f} "
