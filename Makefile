@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install lint clean fairness scenarios airgap-test onprem-test compose-smoke compose-up-cpu compose-up-gpu compose-down kind-up kind-down
+.PHONY: demo test chaos install lint clean fairness scenarios airgap-test onprem-test compose-smoke compose-up-cpu compose-up-gpu compose-down kind-up kind-down
 
 # uv through `python -m uv`: a freshly pip-installed uv may not be on PATH yet (pyenv shims).
 $(BIN)/servelab: pyproject.toml
@@ -33,6 +33,11 @@ scenarios: install
 ## Re-run the commands behind the numbers in docs/walkthrough/ and rewrite them (make test checks them).
 walkthrough: install
 	$(BIN)/cog -r docs/walkthrough/serving.md docs/walkthrough/platform.md
+
+## Faults, long streams, hostile and malformed input against a live local stack (a few minutes;
+## not part of `make test`). Exits non-zero on any loss outside the bounds it prints.
+chaos: install
+	$(BIN)/python -m loadtest.chaos --out runs/chaos/chaos.md
 
 lint: install
 	$(BIN)/ruff check .
