@@ -81,6 +81,7 @@ def test_sheddable_plan_gets_429_at_once_and_nothing_is_metered(fast_upstream, w
     held.join(30)
     assert gw.usage(bulk)["totals"]["requests"] == 0
     assert _metric(gw.url, "servelab_gateway_fair_refused_total", tenant=bulk, reason="shed") == 1
+    assert not _metric(gw.url, "servelab_gateway_fair_counter", tenant=bulk)  # never charged
     # once the model is not saturated the same plan is served
     assert _chat(gw.url, k_bulk).status_code == 200
 
