@@ -159,3 +159,26 @@ def test_two_gateway_processes_share_the_counters_through_redis(
 def _counter_is(url: str, tenant: str, value: float) -> bool:
     got = _metric(url, "servelab_gateway_fair_counter", tenant=tenant)
     return got is not None and abs(got - value) < 0.01
+
+
+def test_unsaturated_model_with_fairness_keeps_two_script_round_trips(
+    fast_upstream, write_config, gateway, redis_url
+) -> None:
+    import redis as redis_sync
+
+    (tenant,) = _tenants("hot")
+    cfg = write_config([fast_upstream(tokens=2)], {tenant: plan()}, **_fair(max_num_seqs=64))
+    gw = gateway(cfg, lease_ttl_s=60.0)  # no lease heartbeat (a third script) however slow the machine
+    key = gw.new_key(tenant)
+    assert _chat(gw.url, key).status_code == 200  # warm: key cached, scripts loaded
+    r = redis_sync.Redis.from_url(redis_url)
+
+    def scripts_run() -> int:
+        stats = r.info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
+
+    before = scripts_run()
+    for _ in range(5):
+        assert _chat(gw.url, key).status_code == 200
+    assert scripts_run() - before == 10  # admit.lua + settle.lua per request; fairness adds none
+    r.close()
