@@ -172,7 +172,7 @@ def render_headline(head: list[dict[str, Any]]) -> list[str]:
         " (tests/server/test_cohort.py checks runs with preemption bit for bit).",
         "",
         "| stepper | command | CPU s | wall s | simulated s | real-time factor, CPU | real-time factor, wall"
-        " | load avg after | steps | max RSS MiB |",
+        " | load avg after | steps | max RSS MiB (largest child so far) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for h in head:
