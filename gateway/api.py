@@ -195,17 +195,16 @@ async def _completions(
     plan = rt.plan(tenant)
     req.identify(principal, preq.model, model, plan)
     up_body, max_tokens = _upstream_body(raw, preq, plan, model)
-    reserve = reservation(
+    tokens = reservation(
         rt.settings.prompt_reservation,
         body_bytes=len(raw),
         prompt_estimate=preq.prompt_tokens_estimate,
         max_tokens=max_tokens,
-        tokens_per_minute=plan.tokens_per_minute,
     )
 
     out_headers = {"x-request-id": req.request_id, "x-servelab-version": assigned.version}
-    out_headers.update(await req.admit(reserve, preq.prompt_tokens_estimate))
-    waited = await req.wait_for_slot(reserve, _deadline_ms(headers.get(DEADLINE_HEADER)))
+    out_headers.update(await req.admit(tokens.reserve, preq.prompt_tokens_estimate, tokens.need))
+    waited = await req.wait_for_slot(tokens.reserve, _deadline_ms(headers.get(DEADLINE_HEADER)))
     t_up = time.perf_counter()
     call = await req.open_upstream("/v1/chat/completions" if chat else "/v1/completions", up_body)
     pre_overhead = t_up - req.started - waited  # waiting for a backend slot is not gateway overhead

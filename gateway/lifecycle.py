@@ -114,8 +114,11 @@ class RequestOwner:
     def identify(self, principal: Principal, model_name: str, model: Model, plan: EffectivePlan) -> None:
         self.principal, self.model_name, self.model, self.plan = principal, model_name, model, plan
 
-    async def admit(self, reserve: int, prompt_estimate: int) -> dict[str, str]:
-        """admit.lua (one round trip): returns the x-ratelimit headers; raises the 429 or 503."""
+    async def admit(self, reserve: int, prompt_estimate: int, need: int | None = None) -> dict[str, str]:
+        """admit.lua (one round trip): returns the x-ratelimit headers; raises the 429 or 503.
+
+        `reserve` is taken from the bucket and quota; `need` (default `reserve`) must be there.
+        """
         rt, plan, tenant = self.rt, self.plan, self.tenant
         assert plan is not None and self.principal is not None
         lease_id = os.urandom(8).hex()
@@ -130,6 +133,7 @@ class RequestOwner:
                 key_id=self.principal.key_id,
                 model=self.model_name,
                 prompt_estimate=prompt_estimate,
+                need=need,
             )
             rt.metrics.admission_seconds.observe(time.perf_counter() - ta)
             rt.redis_answered()

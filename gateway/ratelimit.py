@@ -137,7 +137,9 @@ class Limiter:
         key_id: str = "",
         model: str = "",
         prompt_estimate: int = 0,
+        need: int | None = None,
     ) -> Decision:
+        """`reserve` is taken from the bucket and quota; `need` (default `reserve`) must be there."""
         k = tenant_keys(tenant)
         f = _fields(
             await self._admit(
@@ -155,6 +157,7 @@ class Limiter:
                     model,
                     self.replica_id,
                     prompt_estimate,
+                    reserve if need is None else need,
                 ],
             )
         )

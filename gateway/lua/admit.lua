@@ -15,7 +15,7 @@
 -- ARGV[2]  tokens per minute (capacity; refills at tpm/60 per second)
 -- ARGV[3]  tokens per month
 -- ARGV[4]  max concurrent requests
--- ARGV[5]  tokens to reserve: ceil(prompt bytes / 4) + max_tokens
+-- ARGV[5]  tokens to reserve: a bound on the request's true usage (gateway/estimate.py)
 -- ARGV[6]  lease id (unique per attempt, not the client's request id)
 -- ARGV[7]  lease ttl, ms
 -- ARGV[8]  request id          } stored in the in-flight record with the reservation and month,
@@ -23,6 +23,11 @@
 -- ARGV[10] model               } alone (heartbeat.lua adds the running usage to it)
 -- ARGV[11] replica id          }
 -- ARGV[12] prompt token estimate (metered if the replica dies before its first heartbeat)
+-- ARGV[13] tokens that must be available to admit (the estimate + max_tokens; <= ARGV[5]).
+--          Admitting on the estimate but taking the bound keeps normal traffic's limits exact
+--          (a request waits for what it will likely use, not for its worst case) while the
+--          bucket still pays the worst case: a burst overshoots by at most the last admitted
+--          request's (reserve - need), however its prompt is shaped.
 --
 -- Returns name/value pairs (the gateway reads them by name, never by position):
 --   allowed (1|0), limit ('' | concurrency | requests | tokens | quota),
@@ -43,6 +48,7 @@ local tpm = tonumber(ARGV[2])
 local quota = tonumber(ARGV[3])
 local max_conc = tonumber(ARGV[4])
 local reserve = tonumber(ARGV[5])
+local need = tonumber(ARGV[13]) or reserve
 local lease_ms = tonumber(ARGV[7])
 
 -- Civil month from unix seconds (Howard Hinnant's days_from_civil inverse), so the quota month
@@ -93,15 +99,15 @@ end
 if req < 1 then
   return deny('requests', (1 - req) / req_rate / 1000, rpm, rpm - req, 1)
 end
-if reserve > tpm then
+if need > tpm then
   -- Can never fit: retry-after is meaningless, -1 tells the caller so.
-  return deny('tokens', -1, tpm, tpm - tok, reserve)
+  return deny('tokens', -1, tpm, tpm - tok, need)
 end
-if tok < reserve then
-  return deny('tokens', (reserve - tok) / tok_rate / 1000, tpm, tpm - tok, reserve)
+if tok < need then
+  return deny('tokens', (need - tok) / tok_rate / 1000, tpm, tpm - tok, need)
 end
-if used_month + reserve > quota then
-  return deny('quota', -1, quota, used_month, reserve)
+if used_month + need > quota then
+  return deny('quota', -1, quota, used_month, need)
 end
 
 req = req - 1
