@@ -887,11 +887,11 @@ def write_report(report: Report, path: Path, argv: list[str]) -> None:
             f" through nginx. The engine restarted the crashed replica (`restart: unless-stopped`): running"
             f" again {k['restarted_s']:.1f} s after the kill, healthy after {back}.",
             "",
-            "| # | sent | stream | HTTP status of each attempt | served by | ms |",
-            "|---|---|---|---|---|---|",
+            "| # | sent | stream | HTTP status of each attempt | served by | addresses nginx tried | ms |",
+            "|---|---|---|---|---|---|---|",
             *[
                 f"| {n + 1} | {c['note']} | {c['stream']} | {c['attempts']} | {c['replica']} |"
-                f" {c['ms']:.0f} |"
+                f" {c['upstream']} | {c['ms']:.0f} |"
                 for n, c in enumerate(k["calls"])
             ],
             "",
