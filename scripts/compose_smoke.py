@@ -625,6 +625,9 @@ def run_checks(report: Report, stack: Stack, args: argparse.Namespace, standins:
     from openai import DefaultHttpxClient, OpenAI
 
     expect = 7 if standins else 8  # redis, 2 gateways, lb, prometheus, 2 sims (+ grafana)
+    if stack.containers():  # left over from an interrupted run: start from nothing
+        log(f"removing the containers and volumes a previous {PROJECT} run left")
+        stack.compose("down", "-v", "--remove-orphans", "--timeout", "5", check=False)
     with timed(report, "stack up (compose up + every healthcheck green)"):
         stack.compose("up", "-d", timeout_s=600)
         containers = stack.wait_healthy(timeout_s=300, expect=expect)
