@@ -90,9 +90,14 @@ def duplicates(usages: dict[str, TenantUsage]) -> list[str]:
 
 
 def served_but_unmetered(calls: list[Call], usages: dict[str, TenantUsage]) -> list[str]:
-    """Calls a client finished with 200 that have no usage event (nothing excuses those)."""
+    """Completions a client finished with 200 that have no usage event (nothing excuses those).
+
+    Calls without a tenant are the malformed corpus's admin requests, which meter nothing.
+    """
     metered = {e.get("request_id") for u in usages.values() for e in u.events}
-    return [c.rid for c in calls if c.status == 200 and c.outcome == "ok" and c.rid not in metered]
+    return [
+        c.rid for c in calls if c.tenant and c.status == 200 and c.outcome == "ok" and c.rid not in metered
+    ]
 
 
 def per_call_mismatch(calls: list[Call], usages: dict[str, TenantUsage]) -> list[str]:
