@@ -30,3 +30,15 @@ def test_freeing_more_than_allocated_is_a_bug() -> None:
 def test_rejects_empty_pool() -> None:
     with pytest.raises(ValueError):
         BlockAllocator(0)
+
+
+def test_without_prefix_caching_release_frees_a_request_and_nothing_is_ever_cached() -> None:
+    from server.sim.request import BlockChain, Request
+
+    kv = BlockAllocator(10, 4)
+    req = Request("r", 12, 4, blocks=BlockChain(1, 3, 2, 3))
+    assert kv.try_allocate(3)
+    req.num_blocks = 3
+    assert kv.match(req) == (0, 0) and kv.match_len(BlockChain(1, 3, 2, 3), 3) == 0
+    kv.release(req)
+    assert kv.num_free == 10 and req.num_blocks == 0
