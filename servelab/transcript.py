@@ -25,6 +25,8 @@ from servelab.procs import free_port
 from servelab.scenarios import UP_FOR_ALL
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# Frames (seconds) after which the `top` run alongside a scenario prints: mid-failure.
+TOP_FRAMES = {"backend-down": 15, "redis-down": 14, "overload": 30, "noisy-neighbour": 40}
 SCENARIOS = ("burst", "noisy-neighbour", "overload", "backend-down", "redis-down", "cold-start", "scale-out")
 
 
@@ -152,17 +154,41 @@ def main() -> int:
         parts.extend(["## The stack", "", "```", f"$ servelab {' '.join(up)}", shown, "```", ""])
         for name in args.scenarios.split(","):
             scn = ["scenario", name, "--state-dir", str(state), *(["--short"] if args.short else [])]
+            # `servelab top` alongside, its last frame taken mid-scenario (while the failure lasts)
+            frames = TOP_FRAMES.get(name) if not args.short else None
+            top = [
+                "top",
+                "--state-dir",
+                str(state),
+                "--window",
+                "10",
+                "--refresh",
+                "1",
+                "--frames",
+                str(frames),
+            ]
+            watcher = (
+                subprocess.Popen(
+                    [sys.executable, "-m", "servelab.cli", *top],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+                if frames
+                else None
+            )
             code, out, secs = _run(scn, env)
             section(f"Scenario {name}", "servelab " + " ".join(scn), code, out, secs)
-        top = ["top", "--state-dir", str(state), "--window", "600", "--refresh", "1", "--frames", "2"]
-        code, out, secs = _run(top, env)
-        section(
-            "servelab top after the scenarios (window: the last 10 minutes)",
-            "servelab " + " ".join(top),
-            code,
-            out,
-            secs,
-        )
+            if watcher is not None:
+                shown, _ = watcher.communicate(timeout=120)
+                section(
+                    f"servelab top during {name} (its last frame, {frames} s in)",
+                    "servelab " + " ".join(top),
+                    watcher.returncode,
+                    ANSI.sub("", shown).rstrip(),
+                    float(frames or 0),
+                )
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
