@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from gateway.auth import KeyStore, digest
 from gateway.errors import AuthenticationFailed
 
-TRIES = 100
+TRIES = 60
 
 
 async def _race(a_url: str, b_url: str) -> list[float]:
