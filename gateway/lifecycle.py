@@ -77,6 +77,7 @@ class RequestOwner:
         self.request_id = request_id
         self.started = time.perf_counter()
         self.principal: Principal | None = None
+        self.tenant = ""  # the principal's tenant, once known
         self.plan: EffectivePlan | None = None
         self.model_name = ""
         self.model: Model | None = None
@@ -90,10 +91,6 @@ class RequestOwner:
         self.last_beat = 0.0  # monotonic time of admission or of the last heartbeat
         self.fair_ticket: Ticket | None = None  # a fair-queue slot, returned with the served tokens
         self._served: tuple[int, int] = (0, 0)  # (prompt, completion) tokens, for that return
-
-    @property
-    def tenant(self) -> str:
-        return self.principal.tenant if self.principal else ""
 
     async def __aenter__(self) -> RequestOwner:
         return self
@@ -113,6 +110,7 @@ class RequestOwner:
     # -- acquiring, in the order a request goes -------------------------------------------------
     def identify(self, principal: Principal, model_name: str, model: Model, plan: EffectivePlan) -> None:
         self.principal, self.model_name, self.model, self.plan = principal, model_name, model, plan
+        self.tenant = principal.tenant
 
     async def admit(self, reserve: int, prompt_estimate: int, need: int | None = None) -> dict[str, str]:
         """admit.lua (one round trip): returns the x-ratelimit headers; raises the 429 or 503.
