@@ -162,7 +162,7 @@ _json = st.recursive(
 _field_values = _json | st.sampled_from([[{"role": "user", "content": "x"}], "m", True, 1, 2**40, -1])
 
 
-@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     body=st.dictionaries(
         st.sampled_from(
@@ -196,7 +196,7 @@ def test_fuzz_any_json_object_is_parsed_or_refused_with_a_4xx(
     assert r.max_tokens is None or 1 <= r.max_tokens <= MAX_TOKENS_LIMIT
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(raw=st.binary(max_size=200) | st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")))
 def test_fuzz_arbitrary_bytes_never_escape_as_other_errors(raw: bytes) -> None:
     try:
