@@ -151,8 +151,8 @@ def docker_answers() -> bool:
 
 
 @contextlib.contextmanager
-def docker_engine(report: Report, workdir: Path) -> Iterator[None]:
-    """Use the running dockerd, or start one (root only) and stop it again afterwards."""
+def docker_engine(report: Report, workdir: Path, *, keep: bool = False) -> Iterator[None]:
+    """Use the running dockerd, or start one (root only) and stop it again afterwards (not with keep)."""
     if shutil.which("docker") is None:
         raise CannotRun("no docker CLI on PATH (apt-get install docker.io docker-compose)")
     if docker_answers():
@@ -175,8 +175,13 @@ def docker_engine(report: Report, workdir: Path) -> Iterator[None]:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-8:]
             raise CannotRun("dockerd did not start:\n  " + "\n  ".join(tail))
         time.sleep(0.5)
-    report.facts["dockerd"] = f"started by this script (pid {proc.pid}) and stopped at the end"
     log(f"started dockerd (pid {proc.pid})")
+    if keep:
+        report.facts["dockerd"] = f"started by this script (pid {proc.pid}) and left running (--keep)"
+        yield
+        log(f"--keep: dockerd (pid {proc.pid}) left running with the stack; stop it with kill {proc.pid}")
+        return
+    report.facts["dockerd"] = f"started by this script (pid {proc.pid}) and stopped at the end"
     try:
         yield
     finally:
@@ -927,6 +932,16 @@ def write_report(report: Report, path: Path, argv: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
+def keep_env_file(stack: Stack) -> Path:
+    """The kept stack's environment (mode 600, git-ignored), to use it and to tear it down."""
+    path = DEPLOY / ".generated" / "smoke.env"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text("".join(f"{k}={v}\n" for k, v in stack.env.items()))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/compose-smoke.sh",
@@ -967,7 +982,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if platform.system() != "Linux":
                 raise CannotRun(f"dockerd runs on Linux only, this is {platform.system()}")
-            with docker_engine(report, workdir):
+            with docker_engine(report, workdir, keep=args.keep):
                 compose = compose_cli()
                 standins = args.standins == "always" or (args.standins == "auto" and not registry_answers())
                 report.facts["registry"] = "no" if standins else "yes"
@@ -988,9 +1003,11 @@ def main(argv: list[str] | None = None) -> int:
                     raise
                 finally:
                     if args.keep:
+                        env_file = keep_env_file(stack)
                         log(
-                            f"--keep: stack left running; gateway {stack.url}; tear down with "
-                            f"{' '.join(stack.argv)} down -v"
+                            f"--keep: stack left running: gateway {stack.url}, Prometheus {stack.prom_url};"
+                            f" its environment (admin token included) is in {env_file}. Tear down with:\n"
+                            f"  set -a; . {env_file}; set +a; {' '.join(stack.argv)} down -v"
                         )
                     else:
                         with timed(report, "tear down"):
