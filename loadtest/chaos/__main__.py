@@ -446,7 +446,13 @@ def render(run: Run, ledger: Ledger, usages: dict[str, verdict.TenantUsage], gen
     h = usages["hostile"]
     h_dur = hostile_window[1] - hostile_window[0]
     # docs/gateway.md: a burst stays within capacity + refill, plus at most one request's body bytes.
-    tpm_bound = TPM + TPM / 60 * h_dur + max(len(json.dumps(b).encode()) for b in hostile_bodies())
+    tpm_bound = (
+        TPM
+        + TPM / 60 * h_dur
+        + max(
+            len(json.dumps(b, ensure_ascii=False, separators=(",", ":")).encode()) for b in hostile_bodies()
+        )
+    )
     checks.append(("tpm: true tokens admitted in the hostile burst", h.prompt + h.completion, tpm_bound,
                    h.prompt + h.completion <= tpm_bound))  # fmt: skip
     f_dur = flood_window[1] - flood_window[0]
@@ -483,6 +489,17 @@ def render(run: Run, ledger: Ledger, usages: dict[str, verdict.TenantUsage], gen
     checks.append(("replicas healthy after the corpus", int(mal["replicas_healthy_after"]), 1,
                    bool(mal["replicas_healthy_after"])))  # fmt: skip
     ok = all(c[3] for c in checks)
+    tpm_used, q_used, flood_n = h.prompt + h.completion, q.prompt + q.completion, usages["flood"].requests
+    probes_admitted = next((int(c[1]) for c in checks if c[0].startswith("concurrency: probes")), 0)
+    limit_rows = [
+        ["requests per minute", "flood", RPM, flood_n, max(0, flood_n - RPM),
+         f"{rpm_bound - RPM:.1f}", f"refill {RPM / 60:g}/s over the {f_dur:.1f} s flood"],
+        ["tokens per minute (hostile prompts)", "hostile", TPM, tpm_used, max(0, tpm_used - TPM),
+         f"{tpm_bound - TPM:.0f}", f"refill over {h_dur:.1f} s + one request's body bytes (docs/gateway.md)"],
+        ["concurrent requests (streams 4 lease TTLs long)", "holder", CONC, CONC + probes_admitted + over,
+         probes_admitted + over, 0, "-"],
+        ["tokens per month", "capped", QUOTA, q_used, max(0, q_used - QUOTA), 0, "-"],
+    ]  # fmt: skip
     kinds = Counter(c.kind for c in calls)
     out = [
         "# Chaos run",
@@ -530,9 +547,21 @@ def render(run: Run, ledger: Ledger, usages: dict[str, verdict.TenantUsage], gen
         f"{generated_p:.0f}, metered {metered_p}. Generated - metered completion = {lost:.0f}, bound "
         f"{bound:.0f} ({', '.join(f'{k}: {v:.0f}' for k, v in parts.items()) or 'none'}).",
         "",
+        verdict.BOUNDS,
+        "",
+        "## Limits: admitted vs limit",
+        "",
+        verdict.table(
+            limit_rows,
+            ["limit", "tenant", "limit", "admitted", "over the limit", "allowed over", "why allowed"],
+        ),
+        "",
         "## 5xx by phase",
         "",
-        verdict.table([[p, n] for p, n in by_phase.items()] or [["(none)", 0]], ["phase", "5xx"]),
+        verdict.table(
+            [[p, by_phase.get(p, 0), "yes" if p == "redis-kill" else "no"] for p in run.windows],
+            ["phase", "5xx", "outage window (5xx allowed)"],
+        ),
         "",
         f"Malformed corpus answers by status: {mal['statuses']}.",
         "",

@@ -32,6 +32,16 @@ from loadtest.chaos.traffic import Call, overlap_max
 
 Check = tuple[str, float, float, bool]
 
+BOUNDS = """Bounds on generated - metered completion tokens (docs/gateway.md, "What can still be lost"):
+a stream cut by the replica kill may lose one heartbeat interval of its generation,
+ceil(lease_heartbeat_s x its tokens/s) + 1, and so may a short request in flight there (at the
+fastest stream rate seen); a client disconnect may lose what the backend emitted after the
+gateway's last read, up to `--disconnect-slack` tokens each (the suite's own bound; the storm is
+also measured alone, with nothing else on the backends); a Redis SIGKILL may lose the AOF fsync
+window, counted as the tokens of calls completed in the second before the kill (a process kill
+loses nothing in practice: Redis write()s the AOF before it replies). Metered must never exceed
+generated."""
+
 
 def sim_counters(urls: list[str]) -> dict[str, float]:
     """Sum of the simulators' prompt and generation token counters."""
