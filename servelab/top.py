@@ -210,7 +210,8 @@ class EventLog:
             return
         for old, new in zip(last.backends, view.backends, strict=False):
             if old.up != new.up:
-                self.lines.append(f"{stamp} backend {new.url} {'up' if new.up else 'DOWN'}")
+                url = new.url.removesuffix("/metrics")
+                self.lines.append(f"{stamp} backend {url} {'up' if new.up else 'DOWN'}")
         if last.gateway.replicas_up != view.gateway.replicas_up:
             self.lines.append(
                 f"{stamp} gateways answering: {view.gateway.replicas_up}/{view.gateway.replicas}"
