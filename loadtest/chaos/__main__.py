@@ -33,6 +33,7 @@ import os
 import platform
 import random
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -295,6 +296,18 @@ class Run:
         raise SystemExit(f"not drained after {timeout_s:.0f} s: inflight={inflight} spool bytes={spooled}")
 
 
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except OSError:
+        return "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True, timeout=10).stdout.strip()  # fmt: skip
+    return out.stdout.strip() + (" (with uncommitted changes in the tree)" if dirty else "")
+
+
 def write_config(path: Path) -> None:
     base = yaml.safe_load(demo_config_path().read_text())
     cfg = {
@@ -505,7 +518,7 @@ def render(run: Run, ledger: Ledger, usages: dict[str, verdict.TenantUsage], gen
         "# Chaos run",
         "",
         f"Command: `.venv/bin/python -m loadtest.chaos --disconnects {args.disconnects} --malformed "
-        f"{args.malformed} --flood {args.flood}` (`make chaos`), started "
+        f"{args.malformed} --flood {args.flood}` (`make chaos`) at commit {_commit()}, started "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
         f"{time.time() - started:.0f} s; {platform.node()}, {os.cpu_count()} CPUs, load average at start "
         f"{load0[0]:.2f}. Stack: Redis with AOF, 2 simulators, 3 gateways (lease TTL {LEASE_TTL_S:g} s, "
