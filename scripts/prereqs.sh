@@ -25,15 +25,32 @@ need_docker() {
   fi
 }
 
-need_compose() {
+need_compose() {  # sets COMPOSE, and COMPOSE_V1=1 for Debian's docker-compose 1.28/1.29
+  COMPOSE_V1=0
   if command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then
     COMPOSE=(docker compose -p servelab)  # -p, not `name:` in compose.yaml: compose v1 rejects that key
   elif command -v docker-compose >/dev/null 2>&1 && docker-compose version 2>/dev/null | grep -q 'v2\.'; then
     COMPOSE=(docker-compose -p servelab)
+  elif command -v docker-compose >/dev/null 2>&1 \
+       && docker-compose version 2>/dev/null | grep -Eq 'version 1\.(2[89]|[3-9][0-9])\.'; then
+    COMPOSE=(docker-compose -p servelab)  # the files load in v1 too; it has no `up --wait`
+    COMPOSE_V1=1
   else
-    missing "Docker Compose v2 ('docker compose version' fails)" \
+    missing "Docker Compose v2 ('docker compose version' fails; Debian's docker-compose 1.29 works too)" \
       "install the compose plugin: https://docs.docker.com/compose/install/linux/"
   fi
+}
+
+pick_buildkit_docker() {  # sets BUILD_DOCKER: a docker CLI that builds with BuildKit
+  # Docker 23+ builds with BuildKit only through the buildx plugin; a 20.10 CLI (Debian's docker.io)
+  # has it built in behind DOCKER_BUILDKIT=1. The Dockerfile's CA-certificate secret needs BuildKit.
+  BUILD_DOCKER=docker
+  docker buildx version >/dev/null 2>&1 && return
+  local cli version
+  for cli in docker /usr/bin/docker; do
+    version=$("$cli" version --format '{{.Client.Version}}' 2>/dev/null || true)
+    case "$version" in 1[0-9].* | 2[0-2].*) BUILD_DOCKER=$cli; return ;; esac
+  done
 }
 
 need_nvidia_runtime() {
