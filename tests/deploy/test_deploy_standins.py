@@ -140,3 +140,52 @@ def test_scripts_help() -> None:
         proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert "debootstrap" in proc.stdout or "registry" in proc.stdout
+
+
+def _fake_bin(tmp_path: Path, fakes: dict[str, str]) -> dict[str, str]:
+    """PATH with the basics the scripts use plus the given stand-in commands (no real docker)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname", "grep", "python3", "curl", "cat", "env", "sleep", "mkdir"):
+        real = shutil.which(tool)
+        if real:
+            (bin_dir / tool).symlink_to(real)
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    return {"PATH": str(bin_dir), "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+
+
+# A docker whose daemon answers but that has no compose plugin, and Debian's compose v1.
+_DOCKER_NO_PLUGIN = 'case "$1" in compose) exit 1;; info) echo "{}";; *) exit 0;; esac'
+_COMPOSE_V1 = 'echo "docker-compose version 1.29.2, build unknown"'
+
+
+def _compose_up(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "compose-up.sh"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_compose_up_accepts_debians_compose_v1(tmp_path: Path) -> None:
+    env = _fake_bin(tmp_path, {"docker": _DOCKER_NO_PLUGIN, "docker-compose": _COMPOSE_V1})
+    proc = _compose_up("--check", "cpu", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "prerequisites for compose-up cpu: ok" in proc.stdout
+
+
+def test_compose_up_refuses_what_v1_and_the_standins_cannot_do(tmp_path: Path) -> None:
+    env = _fake_bin(tmp_path, {"docker": _DOCKER_NO_PLUGIN, "docker-compose": _COMPOSE_V1})
+    # A non-default preset's generated override uses compose v2's !override tag.
+    proc = _compose_up("--check", "gpu", "mixtral-8x7b-bf16-tp2", env=env)
+    assert proc.returncode == 2
+    assert "Docker Compose v2 for a non-default preset" in proc.stderr
+    # vLLM has no Debian package, so there is no offline gpu flavour.
+    proc = _compose_up("--check", "gpu", env={**env, "SERVELAB_STANDINS": "1"})
+    assert proc.returncode == 2
+    assert "stand-ins are for cpu only" in proc.stderr
+    assert "nothing was started" in proc.stderr
