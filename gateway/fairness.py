@@ -42,8 +42,22 @@ OUTPUT_WEIGHT = 2.0  # the paper's and its artifact's default: an output token c
 
 
 def engine_priority(tier: Tier) -> int:
-    """vLLM's `priority` request field for a tier: lower is served first (0, 1, 2)."""
-    return TIERS.index(tier)
+    """vLLM's `priority` request field for a tier: lower is served first (0, 2, 4).
+
+    Tiers are two apart so that a request sent ahead of a backlog (`boosted_priority`) sits
+    between its own tier and the better one: the tier stays the major key.
+    """
+    return 2 * TIERS.index(tier)
+
+
+def boosted_priority(tier: Tier) -> int:
+    """The `priority` of a request dispatched ahead of a backlog (`Verdict.boost`): -1, 1, 3.
+
+    It may wait in the engine's own queue (it was sent beyond the free slots); vLLM orders that
+    queue by (priority, arrival), so it takes the engine's next free slot before the backlogged
+    tenants' requests of its tier, and never before a better tier's.
+    """
+    return engine_priority(tier) - 1
 
 
 def weighted_service(input_tokens: float, output_tokens: float) -> float:
@@ -96,6 +110,7 @@ class Verdict:
     action: Action
     predicted_wait_s: float = 0.0
     retry_after_s: float = 0.0
+    boost: bool = False  # dispatch beyond the free slots, with `boosted_priority` in the engine
 
 
 class VirtualTokenCounter:
@@ -186,6 +201,26 @@ class FairPolicy:
 
     # -- decisions --------------------------------------------------------------------------------
 
+    def ahead_of_backlog(self, tenant: str, share: Share) -> bool:
+        """Would a new request of `tenant` leave before everything queued, and is anything queued?
+
+        True when the tenant has nothing queued, no better tier waits, and its counter (after the
+        lift it would get on arrival) is below the counter of every tenant queued in its tier:
+        a tenant below its share, arriving while others are backlogged.
+        """
+        if self._depth == 0 or self.depth_of(tenant):
+            return False
+        for tier in TIERS:
+            if tier == share.tier:
+                break
+            if self._queues[tier]:
+                return False
+        others = [self.counters.value(t) for t in self._queues[share.tier]]
+        if not others:
+            return False
+        low = min(others)
+        return max(self.counters.value(tenant), low - self.burst_allowance) < low
+
     def predicted_wait_s(self, tenant: str, share: Share) -> float:
         """Requests that would leave before this one, divided by the recent dispatch rate."""
         ahead = 0
@@ -213,10 +248,17 @@ class FairPolicy:
         span = self._sent[-1] - self._sent[0]
         return (len(self._sent) - 1) / span if span > 0 else 0.0
 
-    def offer(self, req: Pending, now: float, free_slots: int) -> Verdict:
-        """Decide at arrival. `free_slots` > 0 means the model is not saturated for this caller."""
+    def offer(self, req: Pending, now: float, free_slots: int, overdispatch: int = 0) -> Verdict:
+        """Decide at arrival. `free_slots` > 0 means the model is not saturated for this caller.
+
+        With `overdispatch` > 0, a request that would leave first anyway (`ahead_of_backlog`) is
+        sent at once while free_slots > -overdispatch, to wait in the engine's own queue ahead of
+        the backlogged tenants' requests (`Verdict.boost`: send it with `boosted_priority`).
+        """
         if free_slots > 0 and self._depth == 0:
             return Verdict("dispatch")  # the hot path: nothing queued, a slot free
+        if free_slots > -overdispatch and self.ahead_of_backlog(req.tenant, req.share):
+            return Verdict("dispatch", boost=True)
         wait = self.predicted_wait_s(req.tenant, req.share)
         retry = max(1.0, min(wait, 60.0)) if math.isfinite(wait) else 1.0
         if req.share.sheddable:

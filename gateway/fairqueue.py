@@ -44,6 +44,7 @@ class Ticket:
     pending: Pending
     provisional: float
     waited_s: float
+    boost: bool = False  # sent ahead of a backlog beyond the free slots: use `boosted_priority`
 
 
 class FairQueue:
@@ -69,6 +70,11 @@ class FairQueue:
         # without one, `capacity` is a static cap on this replica's in-flight requests.
         self.detector: Detector | None = None
         self.refused: dict[tuple[str, str, str], int] = {}  # (tenant, tier, shed | deadline) -> count
+        # Requests this replica may send beyond its free slots when they would leave first anyway
+        # (a tenant below its share arriving while others are backlogged). They wait in the
+        # engine's queue ahead of the backlog (boosted vLLM priority), so set only with
+        # engine_priority on; see FairPolicy.offer and loadtest/bench/fairness_notes.md.
+        self.overdispatch = 0
 
     @property
     def waiting(self) -> int:
@@ -103,9 +109,11 @@ class FairQueue:
         )
         if self.policy.depth >= self.max_waiting:
             raise QueueFull(f"{self.policy.depth} requests already waiting")
-        verdict = self.policy.offer(pending, now, self.free_slots())
+        verdict = self.policy.offer(pending, now, self.free_slots(), self.overdispatch)
         if verdict.action == "dispatch":
-            return self._grant(pending, now)
+            ticket = self._grant(pending, now)
+            ticket.boost = verdict.boost
+            return ticket
         if verdict.action != "queue":
             key = (tenant, share.tier, "shed" if verdict.action == "shed" else "deadline")
             self.refused[key] = self.refused.get(key, 0) + 1

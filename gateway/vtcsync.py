@@ -79,6 +79,8 @@ def build_queues(config: GatewayConfig) -> dict[str, FairQueue]:
                 own_in_flight=lambda q=q: q.in_flight,  # type: ignore[misc]
                 on_refresh=q.pump,
             )
+            if f.engine_priority:  # half a replica's slice may wait in the engines, ahead of backlogs
+                q.overdispatch = f.max_num_seqs * len(m.backends) // f.gateway_replicas // 2
             queues[name] = q
         elif m.max_in_flight_per_backend:
             queues[name] = FairQueue(

@@ -30,7 +30,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gateway.fairness import FairPolicy, Pending, Share, Tier, VirtualTokenCounter, engine_priority
+from gateway.fairness import (
+    FairPolicy,
+    Pending,
+    Share,
+    Tier,
+    VirtualTokenCounter,
+    boosted_priority,
+    engine_priority,
+)
 from gateway.saturation import BackendLoad, Thresholds, free_slots
 from server.sim.engine import Engine, Plan, StepCostModel
 from server.sim.lengths import LengthDist
@@ -90,6 +98,7 @@ class FrontConfig:
     sfq_timeout_s: float = 30.0
     burst_allowance: float = 0.0  # vtc: see FairPolicy
     max_waiting: int = 0  # vtc: engine queue length that stops borrowing beyond a replica's slice
+    overdispatch: int = 0  # vtc: requests per replica sent ahead of a backlog beyond the free slots
 
 
 @dataclass
@@ -223,11 +232,13 @@ def run(
         if specs[tenant].backlogged and now < workload.duration_s:
             heapq.heappush(arrivals, (now, next(seq), tenant))
 
-    def send(idx: int, g: _Gateway, now: float) -> None:
+    def send(idx: int, g: _Gateway, now: float, boost: bool = False) -> None:
         rec = records[idx]
         rec.dispatched_s = now
         eng_i = min(range(len(engines)), key=lambda i: engines[i].outstanding)
-        prio = engine_priority(rec.tier) if front.engine_priority else 0
+        prio = 0
+        if front.engine_priority:
+            prio = boosted_priority(rec.tier) if boost else engine_priority(rec.tier)
         engines[eng_i].add(Request(str(idx), rec.input_len, rec.output_len, arrival_s=now, priority=prio))
         g.own_in_flight += 1
 
@@ -323,10 +334,10 @@ def run(
             else:
                 assert g.policy is not None
                 p = Pending(str(idx), tenant, spec.share, t, input_estimate=records[idx].input_len)
-                verdict = g.policy.offer(p, t, slots_for(g))
+                verdict = g.policy.offer(p, t, slots_for(g), front.overdispatch)
                 if verdict.action == "dispatch":
                     provisional[idx] = g.policy.dispatched(p, t)
-                    send(idx, g, t)
+                    send(idx, g, t, verdict.boost)
                 elif verdict.action == "queue":
                     g.pending[idx] = p
                 else:

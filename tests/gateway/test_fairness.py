@@ -11,7 +11,15 @@ import random
 
 import pytest
 
-from gateway.fairness import TIERS, FairPolicy, Pending, Share, engine_priority, weighted_service
+from gateway.fairness import (
+    TIERS,
+    FairPolicy,
+    Pending,
+    Share,
+    boosted_priority,
+    engine_priority,
+    weighted_service,
+)
 
 _seq = 0
 
@@ -143,7 +151,27 @@ def test_tiers_are_strict_whatever_the_counters() -> None:
     policy.offer(pending("chatty", inter), 0.0, free_slots=0)
     first = policy.next()
     assert first is not None and first.tenant == "chatty"
-    assert [engine_priority(t) for t in TIERS] == [0, 1, 2]  # vLLM: lower is served first
+    assert [engine_priority(t) for t in TIERS] == [0, 2, 4]  # vLLM: lower is served first
+    # a boosted request sits between its tier and the better one: the tier stays the major key
+    assert [boosted_priority(t) for t in TIERS] == [-1, 1, 3]
+
+
+def test_only_a_tenant_below_the_backlog_is_sent_ahead_and_within_the_allowance() -> None:
+    policy = FairPolicy(burst_allowance=100.0)
+    std, batch = Share(), Share(tier="batch")
+    for _ in range(3):  # a backlogged tenant, far ahead on service
+        policy.offer(pending("noisy", std, inp=500.0), 0.0, free_slots=0)
+    policy.counters.charge("noisy", 10_000.0)
+    v = policy.offer(pending("steady", std), 0.0, free_slots=0, overdispatch=2)
+    assert v.action == "dispatch" and v.boost  # below every queued tenant: sent ahead
+    assert policy.offer(pending("steady", std), 0.0, free_slots=-2, overdispatch=2).action == "queue"
+    # the steady tenant now has one queued: the next one keeps its place behind it
+    assert policy.offer(pending("steady", std), 0.0, free_slots=0, overdispatch=2).action == "queue"
+    # the backlogged tenant itself is never ahead of its own backlog
+    assert policy.offer(pending("noisy", std), 0.0, free_slots=0, overdispatch=2).action == "queue"
+    # a worse tier is not sent ahead while a better one waits; without an allowance nothing is
+    assert policy.offer(pending("bulk", batch), 0.0, free_slots=0, overdispatch=2).action == "queue"
+    assert policy.offer(pending("other", std), 0.0, free_slots=0).action == "queue"
 
 
 def test_hot_path_dispatches_without_queueing() -> None:

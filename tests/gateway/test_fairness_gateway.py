@@ -108,7 +108,7 @@ def test_deadline_shorter_than_the_predicted_wait_is_refused_at_once(
     assert gw.usage(tenant)["totals"]["requests"] == 2  # the refused one is not metered
 
 
-def test_tier_reaches_the_engine_as_vllm_priority(sim_server, write_config, gateway) -> None:
+def test_tier_and_boost_reach_the_engine_as_vllm_priority(sim_server, write_config, gateway) -> None:
     inter, batch = _tenants("inter", "batch")
     fcfs = sim_server("--served-model-name", "fast", "--max-num-seqs", "16")
     prio = sim_server(
@@ -119,10 +119,39 @@ def test_tier_reaches_the_engine_as_vllm_priority(sim_server, write_config, gate
     gw_prio = gateway(write_config([prio], tenants, **_fair(max_num_seqs=16, engine_priority=True)))
     # the FCFS engine rejects a non-zero priority and says which one it got: read back from the simulator
     r = _chat(gw_fcfs.url, gw_fcfs.new_key(batch))
-    assert r.status_code == 400 and "Got priority 2" in r.json()["error"]["message"], r.text
+    assert r.status_code == 400 and "Got priority 4" in r.json()["error"]["message"], r.text
     assert _chat(gw_fcfs.url, gw_fcfs.new_key(inter)).status_code == 200  # interactive is priority 0
     for tenant in (inter, batch):
         assert _chat(gw_prio.url, gw_prio.new_key(tenant)).status_code == 200
+    _boosted_priority_reaches_the_engine(fcfs, write_config, gateway)
+
+
+def _boosted_priority_reaches_the_engine(fcfs: str, write_config: Any, gateway: Any) -> None:
+    """A tenant below the backlog is sent ahead, beyond the free slots, with a boosted priority."""
+    noisy, steady = _tenants("noisy", "steady")
+    tenants = {noisy: plan(tier="interactive"), steady: plan(tier="interactive")}
+    # 2 slots and one replica: one request may be sent beyond them (half the replica's slice)
+    gw = gateway(write_config([fcfs], tenants, **_fair(max_num_seqs=2, engine_priority=True)))
+    k_noisy, k_steady = gw.new_key(noisy), gw.new_key(steady)
+
+    def long_call() -> None:
+        httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "fast", "messages": [{"role": "user", "content": "hi"}],
+                  "max_tokens": 400, "ignore_eos": True},
+            headers={"authorization": f"Bearer {k_noisy}"},
+            timeout=60,
+        )  # fmt: skip
+
+    for _ in range(3):  # two run, one waits: the noisy tenant is backlogged
+        threading.Thread(target=long_call, daemon=True).start()
+    _wait_for(lambda: _metric(gw.url, "servelab_gateway_fair_queue_depth", tenant=noisy) == 1)
+    # the steady tenant is below the backlog: sent at once with priority -1 (interactive's 0
+    # minus one), read back from the FCFS engine, which refuses any priority but 0
+    r = _chat(gw.url, k_steady)
+    assert r.status_code == 400 and "Got priority -1" in r.json()["error"]["message"], r.text
+
+
 
 
 @pytest.mark.slow
