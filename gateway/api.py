@@ -43,7 +43,7 @@ from gateway.errors import (
     error_response,
 )
 from gateway.estimate import reservation
-from gateway.fairness import engine_priority
+from gateway.fairness import boosted_priority, engine_priority
 from gateway.lifecycle import RequestOwner
 from gateway.metering import tenant_usage
 from gateway.proxy import StreamProxy, UpstreamCall, forwardable_headers, read_json
@@ -119,6 +119,17 @@ def _upstream_body(raw: bytes, preq: ProxyRequest, plan: EffectivePlan, model: M
             changed = True
         body["stream_options"] = opts
     return (json.dumps(body, separators=(",", ":")).encode() if changed else raw), max_tokens
+
+
+def _boosted_body(up_body: bytes, preq: ProxyRequest, plan: EffectivePlan, model: Model) -> bytes:
+    """Sent ahead of a backlog beyond the free slots (gateway/fairness.py `Verdict.boost`): the
+    engine queues it before the backlogged tenants' requests of its tier. A client's own
+    `priority` is left alone."""
+    f = model.fairness
+    if f is None or not f.engine_priority or preq.body.get("priority") != engine_priority(plan.tier):
+        return up_body
+    preq.body["priority"] = boosted_priority(plan.tier)
+    return json.dumps(preq.body, separators=(",", ":")).encode()
 
 
 DEADLINE_HEADER = b"x-servelab-deadline-ms"
@@ -205,6 +216,8 @@ async def _completions(
     out_headers = {"x-request-id": req.request_id, "x-servelab-version": assigned.version}
     out_headers.update(await req.admit(tokens.reserve, preq.prompt_tokens_estimate, tokens.need))
     waited = await req.wait_for_slot(tokens.reserve, _deadline_ms(headers.get(DEADLINE_HEADER)))
+    if req.fair_ticket is not None and req.fair_ticket.boost:
+        up_body = _boosted_body(up_body, preq, plan, model)
     t_up = time.perf_counter()
     call = await req.open_upstream("/v1/chat/completions" if chat else "/v1/completions", up_body)
     pre_overhead = t_up - req.started - waited  # waiting for a backend slot is not gateway overhead
