@@ -181,8 +181,8 @@ class FailoverWatch:
     """Follows the Sentinels' failover events and runs its callbacks the moment the master moves.
 
     Runs as one background task per gateway (app.py starts it only for a Sentinel URL). It also
-    runs the callbacks after each (re)subscription, since a switch may have happened while it
-    was not listening; a needless reconnect costs one round trip, a missed one costs metering.
+    runs the callbacks after each resubscription, since a switch may have happened while it was
+    not listening; a needless reconnect costs one round trip, a missed one costs metering.
     """
 
     def __init__(self, target: RedisTarget, *, connect_timeout_s: float) -> None:
@@ -190,6 +190,7 @@ class FailoverWatch:
         self._connect_timeout = connect_timeout_s
         self._callbacks: list[Callable[[str], Awaitable[None] | None]] = []
         self.switches = 0
+        self.subscriptions = 0
 
     def on_switch(self, callback: Callable[[str], Awaitable[None] | None]) -> None:
         self._callbacks.append(callback)
@@ -222,7 +223,9 @@ class FailoverWatch:
                     # +promoted-slave comes as soon as Sentinel sees the replica answer as master;
                     # +switch-master only after the other replicas were re-pointed (seconds later).
                     await pubsub.subscribe("+promoted-slave", "+switch-master")
-                    await self._notify(f"subscribed to Sentinel {host}:{port}")
+                    if self.subscriptions:  # not the first: a switch may have gone by meanwhile
+                        await self._notify(f"resubscribed to Sentinel {host}:{port}")
+                    self.subscriptions += 1
                     backoff = 0.1
                     while True:
                         msg = await pubsub.get_message(timeout=None)
