@@ -222,7 +222,7 @@ def main() -> None:
         "# Cross-check with NVIDIA aiperf",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on `{platform.node()}`"
-        f" ({os.cpu_count()} cores, shared with other engineers' work;"
+        f" ({os.cpu_count()} cores;"
         f" load average at the end {load[0]:.2f}),"
         f" aiperf {b.get('aiperf_version')}.",
         "",

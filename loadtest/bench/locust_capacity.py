@@ -146,9 +146,8 @@ def main() -> None:
         "# Load-generator capacity: one Locust worker process, streamed requests",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on `{platform.node()}`"
-        f" ({os.cpu_count()} cores, load average at the end {load[0]:.2f}/{load[1]:.2f}). The machine is"
-        " shared with other engineers' builds and tests right now, so treat the numbers as a lower bound"
-        " and the ratios as the finding.",
+        f" ({os.cpu_count()} cores, load average at the end {load[0]:.2f}/{load[1]:.2f}). Single run;"
+        " the ratios are the finding.",
         "",
         "Command:",
         "",
@@ -204,9 +203,10 @@ def main() -> None:
     lines += [
         "",
         f"The gap between the two (one worker would need only {best or 0:g} × c ="
-        f" {(best or 0) * cpu_per_req:.2f} of a core at its sustained rate) is this machine's contention:"
-        " 2 cores shared with the upstream and with other engineers' builds and tests, so the worker is not"
-        " scheduled in time, which shows up as send lag and TTFT tails before its own CPU runs out.",
+        f" {(best or 0) * cpu_per_req:.2f} of a core at its sustained rate) is scheduling:"
+        " the worker shares the machine's cores with the upstream (and whatever else runs; see the load"
+        " average above), so it is not always scheduled in time, which shows up as send lag and TTFT"
+        " tails before its own CPU runs out.",
     ]
     if two:
         lines.append(
