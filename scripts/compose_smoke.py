@@ -18,8 +18,10 @@ machine where no container registry answers:
    each (nginx's X-Servelab-Upstream header, mapped to container names), requiring both;
 6. requires every Prometheus target up (/api/v1/targets);
 7. runs a short load test (`servelab loadtest chat`, bounded);
-8. kills one gateway container: the other must serve every request meanwhile;
-9. kills Redis (SIGKILL, after AOF's 1 s fsync window): the tenant's usage must read the same after;
+8. crashes one gateway (SIGKILL to its main process from the host): every SDK call must still
+   succeed, none served by the dead replica before the engine restarted it;
+9. crashes Redis the same way, after AOF's 1 s fsync window: the tenant's usage must read the same
+   once the engine has restarted it;
 10. tears everything down (containers, network, volumes), prints timings and writes the report
     (docs/results/compose-run.md by default).
 
