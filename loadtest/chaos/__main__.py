@@ -18,9 +18,11 @@ while, phase by phase, it
    quota tenant until its month is used up;
 6. sends the malformed corpus (loadtest/chaos/malformed.py) to the surviving replicas.
 
-Then it waits for spools and recovery to drain and prints, per tenant, tokens metered vs
-received, the backends' generated totals, each limit's overshoot, 5xx per phase and request ids
-metered twice, and exits 1 if anything is outside the bounds in loadtest/chaos/verdict.py.
+From the disconnect storm on, one tenant at a time uses the backends and everything is drained
+between phases, so the simulators' own token counters split by tenant. It prints, per tenant,
+tokens the backends generated vs metered (Redis) vs received (clients), each limit's overshoot,
+5xx per phase and request ids metered twice, and exits 1 if anything is outside the bounds in
+loadtest/chaos/verdict.py.
 Everything is bounded: about 3,000 requests, a few minutes, processes stopped at the end.
 """
 
@@ -371,35 +373,51 @@ def main(argv: list[str] | None = None) -> int:
         run.stop_steady.set()
         for t in steady:
             t.join(timeout=120)
-        # Alone on the backends, the storm's own loss can be read off the counters.
-        run.drain(r)
-        before = verdict.sim_counters(info["backend_urls"])["generation"], verdict.tenant_usage(r, "steady")
+        # From here on one tenant at a time uses the backends, with a drain between phases, so
+        # the simulators' counters can be split by tenant: generated per tenant, not just in total.
+        say("waiting for spools and recovery to drain")
+        drained_s = run.drain(r)
+
+        def snap() -> dict[str, float]:
+            run.drain(r)
+            time.sleep(0.5)
+            return verdict.sim_counters(info["backend_urls"])
+
+        marks = {"steady": snap()}
         run.phase_begin("disconnects")
         run.disconnects(args.disconnects)
         run.phase_end("disconnects")
-        run.drain(r)
-        time.sleep(1.0)
-        after = verdict.sim_counters(info["backend_urls"])["generation"], verdict.tenant_usage(r, "steady")
-        run.notes["disconnect_loss"] = (after[0] - before[0]) - (after[1].completion - before[1].completion)
+        marks["disconnects"] = snap()
         run.phase_begin("long-streams")
         run.long_streams()
         run.phase_end("long-streams")
+        marks["holder"] = snap()
         run.phase_begin("hostile-prompts")
         hostile_window = run.hostile()
         run.phase_end("hostile-prompts")
+        marks["hostile"] = snap()
         run.phase_begin("rpm-flood")
         flood_window = run.flood(args.flood)
         run.phase_end("rpm-flood")
+        marks["flood"] = snap()
         run.phase_begin("quota")
         run.quota()
         run.phase_end("quota")
+        marks["capped"] = snap()
         run.phase_begin("malformed")
         mal = run.malformed(args.malformed)
         run.phase_end("malformed")
-        say("waiting for spools and recovery to drain")
-        drained_s = run.drain(r)
-        time.sleep(1.0)
-        gen1 = verdict.sim_counters(info["backend_urls"])
+        gen1 = snap()
+        order = ["steady", "disconnects", "holder", "hostile", "flood", "capped"]
+        starts = [gen0] + [marks[k] for k in order]
+        ends = [marks[k] for k in order] + [gen1]
+        generated: dict[str, dict[str, float]] = {t: {"prompt": 0.0, "generation": 0.0} for t in TENANTS}
+        for name, a, b in zip([*order, "malformed"], starts, ends, strict=True):
+            tenant = "steady" if name in ("steady", "disconnects", "malformed") else name
+            for k in ("prompt", "generation"):
+                generated[tenant][k] += b[k] - a[k]
+        run.notes["generated"] = generated
+        run.notes["disconnect_generated"] = marks["disconnects"]["generation"] - marks["steady"]["generation"]
         usages = {t: verdict.tenant_usage(r, t) for t in TENANTS}
         r.close()
     report, ok = render(run, ledger, usages, gen0, gen1, mal, hostile_window, flood_window, drained_s, args,
@@ -424,12 +442,17 @@ def render(run: Run, ledger: Ledger, usages: dict[str, verdict.TenantUsage], gen
         mine = [c for c in calls if c.tenant == tenant]
         rp, rc = verdict.received(mine)
         served = sum(1 for c in mine if c.status == 200)
-        rows.append([tenant, TENANTS[tenant], served, u.requests, u.prompt, rp, u.completion, rc])
+        g = run.notes["generated"][tenant]
+        rows.append([tenant, TENANTS[tenant], served, u.requests, f"{g['prompt']:.0f}", u.prompt, rp,
+                     f"{g['generation']:.0f}", u.completion, rc])  # fmt: skip
+        if tenant != "steady":  # no fault touched these phases: every generated token is metered
+            diff = g["generation"] - u.completion
+            checks.append((f"{tenant}: completion generated - metered", diff, 0, diff == 0))
     generated_c = gen1["generation"] - gen0["generation"]
     generated_p = gen1["prompt"] - gen0["prompt"]
     metered_c = sum(u.completion for u in usages.values())
     metered_p = sum(u.prompt for u in usages.values())
-    received_c = sum(int(r[7]) for r in rows)
+    received_c = sum(int(r[9]) for r in rows)
     killed = run.notes.get("killed", "")
     bound, parts = verdict.loss_bound(
         calls,
@@ -440,7 +463,11 @@ def render(run: Run, ledger: Ledger, usages: dict[str, verdict.TenantUsage], gen
     )
     lost = generated_c - metered_c
     checks.append(("completion tokens generated - metered", lost, bound, 0 <= lost <= bound))
-    d_loss = run.notes["disconnect_loss"]
+    storm = {c.rid for c in calls if c.phase == "disconnects"}
+    storm_metered = sum(
+        int(e["completion_tokens"]) for e in usages["steady"].events if e["request_id"] in storm
+    )
+    d_loss = run.notes["disconnect_generated"] - storm_metered
     d_bound = args.disconnect_slack * args.disconnects
     checks.append(
         ("disconnect storm alone: completion generated - metered", d_loss, d_bound, 0 <= d_loss <= d_bound)
@@ -548,8 +575,10 @@ def render(run: Run, ledger: Ledger, usages: dict[str, verdict.TenantUsage], gen
                 "plan",
                 "200s seen by clients",
                 "requests metered",
+                "prompt processed",
                 "prompt metered",
                 "prompt received",
+                "completion generated",
                 "completion metered",
                 "completion received",
             ],
