@@ -81,8 +81,13 @@ async def run_workload(
     *,
     client_timeout_s: float = 60.0,
     deadline_ms: float | None = None,
+    loop_lag: list[float] | None = None,
 ) -> list[LiveRecord]:
-    """Send `workload` for its duration; wait for what is in flight; one record per request."""
+    """Send `workload` for its duration; wait for what is in flight; one record per request.
+
+    With `loop_lag`, a probe appends how late each 50 ms sleep of this event loop woke up: a
+    late loop delays arrivals and first-token times, so a run's figures are only as good as it.
+    """
     prompts = _Prompts(workload.tenants, workload.seed)
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0),
@@ -160,7 +165,16 @@ async def run_workload(
 
         await asyncio.gather(*(loop() for _ in range(spec.backlogged)))
 
+    async def probe(out: list[float]) -> None:
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(0.05)
+            out.append(time.monotonic() - t - 0.05)
+
+    prober = asyncio.create_task(probe(loop_lag)) if loop_lag is not None else None
     await asyncio.gather(*(poisson(s) if s.rate > 0 else closed(s) for s in workload.tenants))
+    if prober is not None:
+        prober.cancel()
     if tasks:
         await asyncio.wait(tasks, timeout=client_timeout_s + 5)
     await session.close()

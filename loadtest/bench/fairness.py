@@ -53,6 +53,7 @@ FRONT_LABELS = {
     **FRONT_NAMES,
     "vtc": "VTC, paper's lift (burst 0)",
     "vtc-burst": f"VTC, burst allowance {BURST:,.0f}",
+    "vtc-ahead": f"VTC, burst {BURST:,.0f}, sent ahead of the backlog with engine priority",
 }
 
 
@@ -204,33 +205,74 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs/results/fairness.md")
     ap.add_argument("--live-duration", type=float, default=45.0, help="seconds of load per live run")
     ap.add_argument("--live-warmup", type=float, default=10.0)
-    ap.add_argument("--no-live", action="store_true", help="offline only (no processes started)")
+    part = ap.add_mutually_exclusive_group()
+    part.add_argument(
+        "--offline-only",
+        "--no-live",
+        action="store_true",
+        help="re-run the offline part only (no processes started); the live part is kept from the last run",
+    )
+    part.add_argument(
+        "--live-only",
+        action="store_true",
+        help="re-run the live part only; the offline part is kept from the last run",
+    )
     args = ap.parse_args()
     plots = args.out.parent / "fairness"
     plots.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    # Each part is kept as a fragment beside the plots, so re-running one part still writes the
+    # whole document, every figure in it from this script's own output (with its provenance).
+    frag = {k: plots / f"{k}.md.part" for k in ("offline", "live")}
     backend = Backend.build()
     cap = capacity_rps(backend, 200.0)
     print(f"capacity {cap:.2f} req/s", flush=True)
-    d, w = args.duration, args.warmup
+    for name, run_part in (("offline", not args.live_only), ("live", not args.offline_only)):
+        if not run_part:
+            continue
+        t0 = time.perf_counter()
+        la0 = os.getloadavg()[0]
+        if name == "offline":
+            body = offline_part(backend, cap, args.duration, args.warmup, plots)
+        else:
+            body = live_part(backend, cap, args.live_duration, args.live_warmup, plots)
+        prov = (
+            f"*{name.capitalize()} part: commit {_commit()}, {time.perf_counter() - t0:.0f} s wall, "
+            f"load average {la0:.1f} at its start and {os.getloadavg()[0]:.1f} at its end.*"
+        )
+        frag[name].write_text("\n".join([prov, "", *body]) + "\n")
+    parts = {k: f.read_text().splitlines() if f.exists() else [] for k, f in frag.items()}
+    if not parts["offline"]:
+        raise SystemExit(f"no offline part at {frag['offline']}: run without --live-only once")
+    write_report(args.out, cap, parts["offline"], parts["live"])
+    print(f"wrote {args.out}")
 
+
+def _commit() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+
+
+def offline_part(backend: Backend, cap: float, d: float, w: float, plots: Path) -> list[str]:
+    """Workloads A, B, P and the 100-tenant what-if in the offline simulator; the report's lines."""
     c2 = cap * BACKENDS
     solo, _ = offline(backend, workload_a(c2, d, solo=True), FrontConfig(front="fcfs", backends=BACKENDS), w)
     rows_a: list[tuple[str, FairnessReport]] = []
     reps: dict[str, FairnessReport] = {}
-    for label, front, burst in (
-        ("fcfs", "fcfs", 0.0),
-        ("sfq", "sfq", 0.0),
-        ("vtc", "vtc", 0.0),
-        ("vtc-burst", "vtc", BURST),
+    for label, front, burst, prio in (
+        ("fcfs", "fcfs", 0.0, False),
+        ("sfq", "sfq", 0.0, False),
+        ("vtc", "vtc", 0.0, False),
+        ("vtc-burst", "vtc", BURST, False),
+        ("vtc-ahead", "vtc", BURST, True),
     ):
         for gws in (1, 2):
-            cfg = FrontConfig(front=front, gateways=gws, backends=BACKENDS, burst_allowance=burst)  # type: ignore[arg-type]
+            cfg = _front(front, gws, burst, prio)
             rep, _ = offline(backend, workload_a(c2, d), cfg, w, ("noisy",))
             reps[f"{label}-{gws}"] = rep
             rows_a.append((f"{FRONT_LABELS[label]} | {gws}", rep))
-            print(f"A {label} x{gws}: jain {rep.jain:.3f}", flush=True)
-    for key in ("fcfs-2", "sfq-2", "vtc-burst-2"):
+            print(f"A {label} x{gws}: jain {rep.jain:.3f} steady p95 {_steady_p95(rep):.2f}", flush=True)
+    for key in ("fcfs-2", "sfq-2", "vtc-ahead-2"):
         plot_service(reps[key], f"A, {key}", plots / f"offline-a-{key}.png")
 
     rows_b = []
@@ -249,7 +291,7 @@ def main() -> None:
         ("VTC + tiers, batch sheddable", "vtc", True, True),
     ):
         wl = workload_p(c2, d, shed)
-        cfg = FrontConfig(front=front, engine_priority=prio, backends=BACKENDS, burst_allowance=BURST)  # type: ignore[arg-type]
+        cfg = _front(front, 1, BURST, prio)
         res = run(wl, cfg, backend.cost, backend.blocks, max_num_seqs=MAX_NUM_SEQS)
         rep = analyse(
             res.records,
@@ -258,7 +300,7 @@ def main() -> None:
             warmup_s=w,
             client_timeout_s=CLIENT_TIMEOUT_S,
         )
-        rows_p.append((label, rep, res))
+        rows_p.append((label, rep, _goodput(res.records, w, d)))
 
     # 100 tenants at cluster scale: the what-if the offline front makes computable
     big_cap = cap * 32
@@ -288,35 +330,40 @@ def main() -> None:
     rep_many = analyse(
         res_many.records, weights={t.name: 1.0 for t in many.tenants}, end_s=60.0, warmup_s=10.0
     )
+    return offline_lines(cap, solo, rows_a, rows_b, rows_p, (res_many, rep_many, wall_many), d, w)
 
-    live: list[str] = []
-    if not args.no_live:
-        import tempfile
 
-        ld, lw = args.live_duration, args.live_warmup
-        sim_same = {}
-        for front in ("fcfs", "vtc"):
-            cfg = FrontConfig(front=front, gateways=2, backends=BACKENDS, burst_allowance=BURST)  # type: ignore[arg-type]
-            sim_same[front] = offline(backend, workload_a(cap * BACKENDS, ld), cfg, lw, ("noisy",))[0]
-        with tempfile.TemporaryDirectory(prefix="fairness-") as tmp:
-            reps_live = live_runs(ld, lw, cap, Path(tmp))
-        for front, rep in reps_live.items():
-            plot_service(rep, f"live A, {front}", plots / f"live-a-{front}.png")
-        live = live_section(reps_live, sim_same, ld, lw)
-    write_report(
-        args.out,
-        cap,
-        solo,
-        rows_a,
-        rows_b,
-        rows_p,
-        (res_many, rep_many, wall_many),
-        d,
-        w,
-        time.perf_counter() - t0,
-        live,
+def _front(front: str, gateways: int, burst: float, prio: bool) -> FrontConfig:
+    """The offline twin of a gateway config; with engine priority, also what the gateway derives
+    from it: half a replica's slice may be sent ahead of a backlog (gateway/vtcsync.py)."""
+    ahead = MAX_NUM_SEQS * BACKENDS // gateways // 2 if prio and front == "vtc" else 0
+    return FrontConfig(
+        front=front,  # type: ignore[arg-type]
+        gateways=gateways,
+        backends=BACKENDS,
+        burst_allowance=burst,
+        engine_priority=prio,
+        overdispatch=ahead,
     )
-    print(f"wrote {args.out}")
+
+
+SLO = {"chat": 1.0, "api": 5.0, "bulk": 30.0}
+
+
+def _goodput(records: Sequence[Any], w: float, d: float) -> list[float]:
+    """Requests/s per tier served with TTFT within the tier's SLO (arrivals in [w, d))."""
+    good = []
+    for t in ("chat", "api", "bulk"):
+        ok = [
+            r
+            for r in records
+            if r.tenant == t
+            and w <= r.arrival_s < d
+            and r.outcome == "ok"
+            and r.first_token_s - r.arrival_s <= SLO[t]
+        ]
+        good.append(len(ok) / (d - w))
+    return good
 
 
 # -- live stack: real redis-server, 2 simulated backends, 2 gateway processes ------------------------
@@ -338,121 +385,224 @@ LIVE_FRONTS: dict[str, dict[str, Any]] = {
 LIVE_LABELS = {
     "fcfs": "FCFS (no gateway queue)",
     "static": f"static cap {MAX_NUM_SEQS}/backend per replica (VTC order, no detector)",
-    "vtc": "VTC + saturation detector (global)",
+    "vtc": "VTC + saturation detector (global), sent ahead with engine priority",
 }
 
 
-def live_runs(duration_s: float, warmup_s: float, cap: float, workdir: Path) -> dict[str, FairnessReport]:
-    """Workload A on the live stack once per front; returns the reports by front."""
+@dataclass
+class LiveRun:
+    """One live run: the client's figures and where the time went, from every process's /metrics."""
+
+    report: FairnessReport
+    loop_lag_p95_s: float  # the load generator's own event-loop lateness (see fairload.run_workload)
+    load_avg: tuple[float, float]  # 1-minute load average at the start and the end of the run
+    queue_wait: dict[str, tuple[float, float]]  # tenant -> (mean, p95 bucket bound) in the gateways
+    engine_queue_mean_s: float  # vllm:request_queue_time_seconds over all requests, both engines
+    engine_ttft_mean_s: float
+    goodput: list[float]  # per tier of workload P (chat, api, bulk); empty for other workloads
+
+
+def _histograms(texts: Sequence[str], name: str, label: str | None = None) -> dict[str, dict[str, Any]]:
+    """Sum a histogram over processes (and over every label but `label`): buckets, sum, count."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, Any]] = {}
+    for text in texts:
+        for fam in text_string_to_metric_families(text):
+            if fam.name != name:
+                continue
+            for smp in fam.samples:
+                key = smp.labels.get(label, "") if label else ""
+                h = out.setdefault(key, {"b": {}, "sum": 0.0, "count": 0.0})
+                if smp.name.endswith("_bucket"):
+                    le = float(smp.labels["le"])
+                    h["b"][le] = h["b"].get(le, 0.0) + smp.value
+                elif smp.name.endswith("_sum"):
+                    h["sum"] += smp.value
+                elif smp.name.endswith("_count"):
+                    h["count"] += smp.value
+    return out
+
+
+def _since(after: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The unlabelled histogram's growth between two scrapes (the backends outlive each run)."""
+    empty: dict[str, Any] = {"b": {}, "sum": 0.0, "count": 0.0}
+    a, b = after.get("", empty), before.get("", empty)
+    return {
+        "b": {le: c - b["b"].get(le, 0.0) for le, c in a["b"].items()},
+        "sum": a["sum"] - b["sum"],
+        "count": a["count"] - b["count"],
+    }
+
+
+def _mean_p95(h: dict[str, Any]) -> tuple[float, float]:
+    """Mean, and the upper bound of the bucket holding the 95th percentile."""
+    n = h["count"]
+    if not n:
+        return math.nan, math.nan
+    p95 = next((le for le, c in sorted(h["b"].items()) if c >= 0.95 * n), math.inf)
+    return h["sum"] / n, p95
+
+
+def _live_stack(workdir: Path) -> tuple[Any, list[Any], list[str]]:
+    """A real redis-server and two simulated backends (priority scheduling); returns them."""
+    from servelab.procs import free_port, python_module, start, wait_http_ok
+    from servelab.redisproc import start_redis
+
+    redis = start_redis(workdir / "redis", log_path=workdir / "redis.log")
+    children, backends = [], []
+    for i in range(BACKENDS):
+        port = free_port()
+        argv = python_module(
+            "servelab.cli", "serve", "--engine", "sim", "--model", MODEL["model"], "--gpu", MODEL["gpu"],
+            "--tp", str(MODEL["tp"]), "--dtype", "bf16", "--port", str(port), "--served-model-name", "m",
+            "--max-num-seqs", str(MAX_NUM_SEQS), "--scheduling-policy", "priority",
+        )  # fmt: skip
+        children.append(start(f"sim{i}", argv, log_path=workdir / f"sim{i}.log"))
+        wait_http_ok(f"http://127.0.0.1:{port}/health", timeout_s=120, proc=children[-1].popen)
+        backends.append(f"http://127.0.0.1:{port}")
+    return redis, children, backends
+
+
+def live_run(
+    workdir: Path,
+    redis_url: str,
+    backends: list[str],
+    wl: TenantWorkload,
+    tag: str,
+    model_extra: dict[str, Any],
+    plans: dict[str, dict[str, Any]],
+    warmup_s: float,
+    backlogged: tuple[str, ...] = (),
+) -> LiveRun:
+    """`wl` through two fresh gateway processes in front of `backends`."""
     import asyncio
 
     import httpx
     import yaml
 
-    from loadtest.fairload import report, run_workload, workload_a
-    from servelab.procs import Child, free_port, python_module, start, wait_http_ok
-    from servelab.redisproc import start_redis
+    from loadtest.fairload import report, run_workload
+    from servelab.procs import free_port, python_module, start, wait_http_ok
 
-    children: list[Child] = []
-    redis = start_redis(workdir / "redis", log_path=workdir / "redis.log")
-    out: dict[str, FairnessReport] = {}
+    base = {
+        "requests_per_minute": 100_000,
+        "tokens_per_minute": 100_000_000,
+        "tokens_per_month": 10_000_000_000,
+        "max_concurrent_requests": 10_000,
+        "max_queue_s": 30,
+    }
+    tenant_plan = {t.name: plans.get(t.name, {}) for t in wl.tenants}
+    cfg = {
+        "plans": {f"p-{t}": {**base, **extra} for t, extra in tenant_plan.items()},
+        "tenants": {t: {"plan": f"p-{t}"} for t in tenant_plan},
+        "models": {"m": {"backends": backends, **model_extra}},
+    }
+    path = workdir / f"gateway-{tag}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    urls, gws = [], []
     try:
-        backends = []
-        for i in range(BACKENDS):
+        for _ in range(2):
             port = free_port()
-            argv = python_module(
-                "servelab.cli",
-                "serve",
-                "--engine",
-                "sim",
-                "--model",
-                MODEL["model"],
-                "--gpu",
-                MODEL["gpu"],
-                "--tp",
-                str(MODEL["tp"]),
-                "--dtype",
-                "bf16",
-                "--port",
-                str(port),
-                "--served-model-name",
-                "m",
-                "--max-num-seqs",
-                str(MAX_NUM_SEQS),
-                "--scheduling-policy",
-                "priority",
-            )
-            children.append(start(f"sim{i}", argv, log_path=workdir / f"sim{i}.log"))
-            wait_http_ok(f"http://127.0.0.1:{port}/health", timeout_s=120, proc=children[-1].popen)
-            backends.append(f"http://127.0.0.1:{port}")
-        wl = workload_a(cap * BACKENDS, duration_s)
-        tenants = [t.name for t in wl.tenants]
-        for front, model_extra in LIVE_FRONTS.items():
-            cfg = {
-                "plans": {
-                    "std": {
-                        "requests_per_minute": 100_000,
-                        "tokens_per_minute": 100_000_000,
-                        "tokens_per_month": 10_000_000_000,
-                        "max_concurrent_requests": 10_000,
-                        "max_queue_s": 30,
-                    }
+            gw = start(
+                f"gw-{tag}-{port}",
+                python_module("gateway", "--config", str(path), "--port", str(port)),
+                env={
+                    "REDIS_URL": redis_url,
+                    "SERVELAB_ADMIN_TOKEN": ADMIN,
+                    "SERVELAB_SPOOL_DIR": str(workdir / f"spool-{port}"),
                 },
-                "tenants": {t: {"plan": "std"} for t in tenants},
-                "models": {"m": {"backends": backends, **model_extra}},
-            }
-            path = workdir / f"gateway-{front}.yaml"
-            path.write_text(yaml.safe_dump(cfg))
-            urls, gws = [], []
-            for _ in range(2):
-                port = free_port()
-                gw = start(
-                    f"gw-{front}-{port}",
-                    python_module("gateway", "--config", str(path), "--port", str(port)),
-                    env={
-                        "REDIS_URL": redis.url,
-                        "SERVELAB_ADMIN_TOKEN": ADMIN,
-                        "SERVELAB_SPOOL_DIR": str(workdir / f"spool-{port}"),
-                    },
-                    log_path=workdir / f"gw-{front}-{port}.log",
-                )
-                gws.append(gw)
-                wait_http_ok(f"http://127.0.0.1:{port}/healthz", timeout_s=60, proc=gw.popen)
-                urls.append(f"http://127.0.0.1:{port}")
-            keys = {}
-            for t in tenants:
-                r = httpx.post(
-                    f"{urls[0]}/admin/v1/tenants/{t}/keys",
-                    json={"name": "bench"},
-                    headers={"authorization": f"Bearer {ADMIN}"},
-                    timeout=10,
-                )
-                r.raise_for_status()
-                keys[t] = r.json()["key"]
-            print(f"live {front}: {duration_s:.0f} s of workload A", flush=True)
-            records = asyncio.run(run_workload(urls, keys, wl, "m", client_timeout_s=CLIENT_TIMEOUT_S))
-            out[front] = report(
-                records, wl, warmup_s, backlogged=("noisy",), client_timeout_s=CLIENT_TIMEOUT_S
+                log_path=workdir / f"gw-{tag}-{port}.log",
             )
-            for gw in gws:
-                gw.stop()
+            gws.append(gw)
+            wait_http_ok(f"http://127.0.0.1:{port}/healthz", timeout_s=60, proc=gw.popen)
+            urls.append(f"http://127.0.0.1:{port}")
+        keys = {}
+        for t in tenant_plan:
+            r = httpx.post(
+                f"{urls[0]}/admin/v1/tenants/{t}/keys",
+                json={"name": "bench"},
+                headers={"authorization": f"Bearer {ADMIN}"},
+                timeout=10,
+            )
+            r.raise_for_status()
+            keys[t] = r.json()["key"]
+        print(f"live {tag}: {wl.duration_s:.0f} s", flush=True)
+        be_before = [httpx.get(f"{b}/metrics", timeout=10).text for b in backends]  # shared by runs
+        la0 = os.getloadavg()[0]
+        lag: list[float] = []
+        records = asyncio.run(
+            run_workload(urls, keys, wl, "m", client_timeout_s=CLIENT_TIMEOUT_S, loop_lag=lag)
+        )
+        la1 = os.getloadavg()[0]
+        gw_text = [httpx.get(f"{u}/metrics", timeout=10).text for u in urls]
+        be_text = [httpx.get(f"{b}/metrics", timeout=10).text for b in backends]
     finally:
-        for c in reversed(children):
-            c.stop()
-        redis.stop()
-    return out
+        for gw in gws:
+            gw.stop()
+    waits = _histograms(gw_text, "servelab_gateway_queue_wait_seconds", "tenant")
+    eq, et = (
+        _since(_histograms(be_text, name), _histograms(be_before, name))
+        for name in ("vllm:request_queue_time_seconds", "vllm:time_to_first_token_seconds")
+    )
+    return LiveRun(
+        report(records, wl, warmup_s, backlogged=backlogged, client_timeout_s=CLIENT_TIMEOUT_S),
+        float(np.percentile(lag, 95)) if lag else math.nan,
+        (la0, la1),
+        {t: _mean_p95(h) for t, h in waits.items()},
+        _mean_p95(eq)[0],
+        _mean_p95(et)[0],
+        _goodput(records, warmup_s, wl.duration_s) if "chat" in tenant_plan else [],
+    )
 
 
-NOTES = Path(__file__).with_name("fairness_notes.md").read_text().splitlines()
+def live_part(backend: Backend, cap: float, d: float, w: float, plots: Path) -> list[str]:
+    """Workload A (and P) on the live stack, against the offline simulator on the same inputs."""
+    import tempfile
+
+    from loadtest.fairload import workload_a as live_workload_a
+
+    c2 = cap * BACKENDS
+    runs: dict[str, LiveRun] = {}
+    with tempfile.TemporaryDirectory(prefix="fairness-") as tmp:
+        workdir = Path(tmp)
+        redis, children, backends = _live_stack(workdir)
+        try:
+            wl = live_workload_a(c2, d)
+            for front, extra in LIVE_FRONTS.items():
+                runs[front] = live_run(workdir, redis.url, backends, wl, front, extra, {}, w, ("noisy",))
+            wl_p = workload_p(c2, d, shed=True)
+            tiers = {t.name: {"tier": t.tier, "sheddable": t.sheddable} for t in wl_p.tenants}
+            runs["p"] = live_run(workdir, redis.url, backends, wl_p, "p", LIVE_FRONTS["vtc"], tiers, w)
+        finally:
+            for c in reversed(children):
+                c.stop()
+            redis.stop()
+    for front in LIVE_FRONTS:
+        plot_service(runs[front].report, f"live A, {front}", plots / f"live-a-{front}.png")
+    sim = {
+        "fcfs": offline(backend, workload_a(c2, d), _front("fcfs", 2, 0.0, False), w, ("noisy",))[0],
+        "vtc": offline(backend, workload_a(c2, d), _front("vtc", 2, BURST, True), w, ("noisy",))[0],
+    }
+    wl_p = workload_p(c2, d, shed=True)
+    res_p = run(wl_p, _front("vtc", 2, BURST, True), backend.cost, backend.blocks, max_num_seqs=MAX_NUM_SEQS)
+    rep_p = analyse(
+        res_p.records,
+        weights={t.name: 1.0 for t in wl_p.tenants},
+        end_s=d,
+        warmup_s=w,
+        client_timeout_s=CLIENT_TIMEOUT_S,
+    )
+    return live_lines(runs, sim, (rep_p, _goodput(res_p.records, w, d)), d, w)
 
 
-def _steady_p95(rep: FairnessReport) -> float:
-    return max(s.ttft_p95_s for t, s in rep.tenants.items() if t.startswith("steady"))
-
-
-def live_section(
-    live: dict[str, FairnessReport], sim: dict[str, FairnessReport], d: float, w: float
+def live_lines(
+    runs: dict[str, LiveRun],
+    sim: dict[str, FairnessReport],
+    sim_p: tuple[FairnessReport, list[float]],
+    d: float,
+    w: float,
 ) -> list[str]:
+    live = {k: r.report for k, r in runs.items() if k in LIVE_FRONTS}
     fcfs_tput = live["fcfs"].throughput_tokens_per_s
     lines = [
         "## Live stack: workload A on 2 gateway replicas, 2 simulated backends, real Redis",
@@ -460,12 +610,33 @@ def live_section(
         f"Each run: {d:.0f} s of load, figures over [{w:.0f} s, {d:.0f} s]; `loadtest/fairload.py` sends "
         "streaming chat completions with exact-length prompts round robin to the two gateway processes; "
         f"backends run `servelab serve --engine sim` (same model, max_num_seqs {MAX_NUM_SEQS}, "
-        "--scheduling-policy priority).",
+        "--scheduling-policy priority). The offered rates come from the offline capacity C above.",
         "",
         *table_a([(f"{LIVE_LABELS[k]} | 2", r) for k, r in live.items()], math.nan, fcfs_tput)[:-1],
         "",
+        "Where the time goes, from the processes' own /metrics after each run (gateway queue wait per "
+        "steady tenant: mean, and the histogram bucket holding the p95; the engines' queue time and "
+        "TTFT over all requests) and the load generator's event-loop lateness (p95 of a 50 ms sleep's "
+        "overshoot: a late client delays arrivals and first tokens alike).",
+        "",
+        "| front | steady gateway queue wait mean s (p95 bucket) | engine queue time mean s | "
+        "engine TTFT mean s | client loop lateness p95 ms | load average start / end |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k, r in runs.items():
+        if k not in LIVE_FRONTS:
+            continue
+        steady = [r.queue_wait[t] for t in sorted(r.queue_wait) if t.startswith("steady")]
+        waits = ", ".join(f"{m:.2f} (≤ {_s(b)})" for m, b in steady) or "no queue"
+        lines.append(
+            f"| {LIVE_LABELS[k]} | {waits} | {r.engine_queue_mean_s:.3f} | {r.engine_ttft_mean_s:.3f} | "
+            f"{r.loop_lag_p95_s * 1000:.0f} | {r.load_avg[0]:.1f} / {r.load_avg[1]:.1f} |"
+        )
+    lines += [
+        "",
         "Live against the offline simulator on the same workload, duration and window "
-        "(2 gateways, 2 backends):",
+        "(2 gateways, 2 backends; the offline VTC front with engine priority and sending ahead, as "
+        "the live config derives it):",
         "",
         "| front | figure | live | simulated | live / simulated - 1 |",
         "|---|---|---|---|---|",
@@ -476,6 +647,7 @@ def live_section(
         total_s = sum(x.service_rate for x in sm.tenants.values())
         for name, a, b in (
             ("worst steady p95 TTFT s", _steady_p95(lv), _steady_p95(sm)),
+            ("worst steady p50 TTFT s", _steady_p50(lv), _steady_p50(sm)),
             (
                 "noisy share of service",
                 lv.tenants["noisy"].service_rate / total_l,
@@ -487,38 +659,66 @@ def live_section(
             rel = f"{a / b - 1:+.1%}" if math.isfinite(a) and math.isfinite(b) and b else "n/a"
             lines.append(f"| {front} | {name} | {_s(a)} | {_s(b)} | {rel} |")
     lines += ["", "![live vtc](fairness/live-a-vtc.png)", "![live fcfs](fairness/live-a-fcfs.png)", ""]
+    if "p" in runs:
+        p = runs["p"]
+        lines += [
+            "## Live stack: priority under overload at 2 C (2 gateways, batch sheddable)",
+            "",
+            f"Workload P as offline, {d:.0f} s, figures over [{w:.0f} s, {d:.0f} s]; client loop lateness "
+            f"p95 {p.loop_lag_p95_s * 1000:.0f} ms, load average {p.load_avg[0]:.1f} / {p.load_avg[1]:.1f}.",
+            "",
+            *_p_header()[2:],
+            _p_row("live: VTC + tiers, batch sheddable", p.report, p.goodput),
+            _p_row("simulated, same inputs", sim_p[0], sim_p[1]),
+            "",
+        ]
     return lines
 
 
-def write_report(
-    path: Path,
-    cap: float,
-    solo: FairnessReport,
-    rows_a: list[tuple[str, FairnessReport]],
-    rows_b: Sequence[tuple[float, str, FairnessReport]],
-    rows_p: list[tuple[str, FairnessReport, Any]],
-    many: tuple[Any, FairnessReport, float],
-    d: float,
-    w: float,
-    wall: float,
-    live: Sequence[str] = (),
-) -> None:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
-    fcfs_tput = rows_a[0][1].throughput_tokens_per_s
+NOTES = Path(__file__).with_name("fairness_notes.md").read_text().splitlines()
+
+
+def _steady_p95(rep: FairnessReport) -> float:
+    return max(s.ttft_p95_s for t, s in rep.tenants.items() if t.startswith("steady"))
+
+
+def _steady_p50(rep: FairnessReport) -> float:
+    return max(s.ttft_p50_s for t, s in rep.tenants.items() if t.startswith("steady"))
+
+
+def write_report(path: Path, cap: float, offline_part: Sequence[str], live_part: Sequence[str]) -> None:
     lines = [
         "# Fair share under contention",
         "",
-        "Produced by `.venv/bin/python -m loadtest.bench.fairness` "
-        f"(commit {commit}, {wall:.0f} s wall, load average {os.getloadavg()[0]:.1f} at the end).",
+        "Produced by `.venv/bin/python -m loadtest.bench.fairness` (`--offline-only` / `--live-only` re-run "
+        "one part and keep the other from its last run; each part says which commit and how long).",
         "Definitions of every figure: loadtest/fairstats.py. Policy: gateway/fairness.py; the offline",
         "front that runs it in the simulator: server/sim/tenantfront.py.",
         "",
         f"Backend: simulated vLLM engine, {MODEL['model']} bf16 on {MODEL['tp']}x {MODEL['gpu']}, "
         f"max_num_seqs {MAX_NUM_SEQS}, {BACKENDS} backends. Measured capacity at workload A's lengths: "
         f"**{cap:.2f} req/s per backend**, C = {cap * BACKENDS:.2f} req/s for the two "
-        "(one backlogged tenant, FCFS).",
+        "(one backlogged tenant, FCFS, offline).",
+        "",
+        *offline_part,
+        *(live_part or ["## Live stack", "", "Not run yet (`--live-only` runs it).", ""]),
+        *NOTES,
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def offline_lines(
+    cap: float,
+    solo: FairnessReport,
+    rows_a: list[tuple[str, FairnessReport]],
+    rows_b: Sequence[tuple[float, str, FairnessReport]],
+    rows_p: list[tuple[str, FairnessReport, list[float]]],
+    many: tuple[Any, FairnessReport, float],
+    d: float,
+    w: float,
+) -> list[str]:
+    fcfs_tput = rows_a[0][1].throughput_tokens_per_s
+    lines = [
         f"Offline runs: {d:.0f} s of offered load each; figures over [{w:.0f} s, {d:.0f} s]. "
         "Gateways are load-balanced round robin.",
         "",
@@ -528,7 +728,7 @@ def write_report(
         "",
         *table_a(rows_a, solo.tenants["steady1"].ttft_p95_s, fcfs_tput),
         "",
-        "![A, vtc](fairness/offline-a-vtc-burst-2.png)",
+        "![A, vtc](fairness/offline-a-vtc-ahead-2.png)",
         "![A, sfq](fairness/offline-a-sfq-2.png)",
         "![A, fcfs](fairness/offline-a-fcfs-2.png)",
         "",
@@ -556,32 +756,9 @@ def write_report(
         "",
         "## Priority under overload at 2 C (offline, 1 gateway)",
         "",
-        "Interactive `chat` 0.5 C, standard `api` 0.5 C, batch `bulk` 1.0 C. Goodput: requests/s "
-        "served with TTFT within the tier's SLO (interactive 1 s, standard 5 s, batch 30 s).",
-        "",
-        "| setup | chat p95 TTFT s | api p95 TTFT s | bulk p95 TTFT s | bulk shed or timed out | "
-        "goodput chat / api / bulk req/s | tokens/s |",
-        "|---|---|---|---|---|---|---|",
+        *_p_header(),
     ]
-    slo = {"chat": 1.0, "api": 5.0, "bulk": 30.0}
-    for label, rep, res in rows_p:
-        good = []
-        for t in ("chat", "api", "bulk"):
-            ok = [
-                r
-                for r in res.records
-                if r.tenant == t
-                and w <= r.arrival_s < d
-                and r.outcome == "ok"
-                and r.first_token_s - r.arrival_s <= slo[t]
-            ]
-            good.append(len(ok) / (d - w))
-        bulk = rep.tenants["bulk"]
-        lines.append(
-            f"| {label} | {_s(rep.tenants['chat'].ttft_p95_s)} | {_s(rep.tenants['api'].ttft_p95_s)} | "
-            f"{_s(bulk.ttft_p95_s)} | {bulk.shed + bulk.timed_out} of {bulk.requests} | "
-            f"{good[0]:.2f} / {good[1]:.2f} / {good[2]:.2f} | {rep.throughput_tokens_per_s:,.0f} |"
-        )
+    lines += [_p_row(label, rep, good) for label, rep, good in rows_p]
     res_many, rep_many, wall_many = many
     att = [s.attainment for s in rep_many.tenants.values()]
     lines += [
@@ -594,9 +771,27 @@ def write_report(
         f"{rep_many.jain:.3f} (min {min(att):.2f}, max {max(att):.2f}).",
         "",
     ]
-    lines += list(live) or ["## Live stack", "", "Not run (`--no-live`).", ""]
-    lines += NOTES
-    path.write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def _p_header() -> list[str]:
+    return [
+        "Interactive `chat` 0.5 C, standard `api` 0.5 C, batch `bulk` 1.0 C. Goodput: requests/s "
+        "served with TTFT within the tier's SLO (interactive 1 s, standard 5 s, batch 30 s).",
+        "",
+        "| setup | chat p95 TTFT s | api p95 TTFT s | bulk p95 TTFT s | bulk shed or timed out | "
+        "goodput chat / api / bulk req/s | tokens/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+
+def _p_row(label: str, rep: FairnessReport, good: list[float]) -> str:
+    bulk = rep.tenants["bulk"]
+    return (
+        f"| {label} | {_s(rep.tenants['chat'].ttft_p95_s)} | {_s(rep.tenants['api'].ttft_p95_s)} | "
+        f"{_s(bulk.ttft_p95_s)} | {bulk.shed + bulk.timed_out} of {bulk.requests} | "
+        f"{good[0]:.2f} / {good[1]:.2f} / {good[2]:.2f} | {rep.throughput_tokens_per_s:,.0f} |"
+    )
 
 
 if __name__ == "__main__":
