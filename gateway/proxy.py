@@ -96,14 +96,18 @@ async def open_upstream(
     on_error: Callable[[Backend, str], None],
     route: Route | None = None,
 ) -> UpstreamCall:
-    """POST to the least loaded backend; a refused connection is retried once on another one.
+    """POST to the least loaded backend; a refused connection is retried on each other candidate.
 
+    A refused connection costs microseconds and nothing reached the backend, so every candidate
+    gets one try before the client sees a 503: with two of three replicas dead (a killed one and a
+    configured spare that never started), one try elsewhere was not enough once their down marks
+    expired together. Timeouts and HTTP errors are not retried (the backend may have started work).
     With a `route`, only its version's backends inside its regions are candidates; a
     region-restricted route whose last candidate refused ends in NoBackendInRegion (routing.py).
     """
     headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
-    tried: Backend | None = None
-    for _attempt in range(2):
+    tried: list[Backend] = []
+    while True:  # ends: each refusal adds a backend to `tried`, and the candidates are finite
         backend = (
             pool.pick_route(route, exclude=tried, body=body)
             if route
@@ -118,9 +122,11 @@ async def open_upstream(
             on_error(backend, exc.kind)
             if exc.kind == "connect":
                 pool.mark_down(backend)
-                others = len(pool.candidates(route)) > 1 if route else len(pool.by_model[model]) > 1
-                if tried is None and (others or (route is not None and route.regions is not None)):
-                    tried = backend
+                tried.append(backend)
+                if route is not None and route.regions is not None:
+                    continue  # the next pick raises NoBackendInRegion once every candidate refused
+                group = pool.candidates(route) if route else pool.by_model[model]
+                if len(tried) < len(group):
                     continue
                 raise BackendUnavailable(f"Backend for model {model!r} is unreachable: {exc}.") from None
             if exc.kind == "timeout":
@@ -136,7 +142,6 @@ async def open_upstream(
                 backend.outstanding -= 1
             raise upstream_status_error(resp.status, detail, model, on_error, backend)
         return UpstreamCall(backend=backend, response=resp, started=started)
-    raise AssertionError("unreachable")
 
 
 def upstream_status_error(

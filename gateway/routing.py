@@ -78,11 +78,11 @@ class BackendPool:
         }
         self.all = list(by_url.values())
 
-    def pick(self, model: str, exclude: Backend | None = None, body: bytes = b"") -> Backend:
+    def pick(self, model: str, exclude: Collection[Backend] = (), body: bytes = b"") -> Backend:
         """Any backend of the model (no version, no region): least loaded, down ones skipped."""
         return self._least_loaded(self.by_model[model], exclude, body)
 
-    def pick_route(self, route: Route, exclude: Backend | None = None, body: bytes = b"") -> Backend:
+    def pick_route(self, route: Route, exclude: Collection[Backend] = (), body: bytes = b"") -> Backend:
         """A backend of the route's version inside its regions; raises NoBackendInRegion."""
         group = self.by_version.get((route.model, route.version)) or self.by_model[route.model]
         if route.regions is None:
@@ -95,7 +95,7 @@ class BackendPool:
                 f"regions ({where}); the request was not sent to another region."
             )
         now = self._clock()
-        up = [b for b in allowed if b is not exclude and b.down_until <= now]
+        up = [b for b in allowed if b not in exclude and b.down_until <= now]
         if not up:
             raise NoBackendInRegion(
                 f"No healthy backend of model {route.model!r} (version {route.version!r}) in this "
@@ -110,9 +110,9 @@ class BackendPool:
             return group
         return [b for b in group if b.region in route.regions]
 
-    def _least_loaded(self, group: list[Backend], exclude: Backend | None, body: bytes = b"") -> Backend:
+    def _least_loaded(self, group: list[Backend], exclude: Collection[Backend], body: bytes = b"") -> Backend:
         now = self._clock()
-        candidates = [b for b in group if b is not exclude] or group
+        candidates = [b for b in group if b not in exclude] or group
         up = [b for b in candidates if b.down_until <= now] or candidates
         return self._choose(up, body)
 

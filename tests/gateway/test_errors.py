@@ -101,6 +101,17 @@ def test_second_backend_takes_over_when_one_refuses(fast_upstream, write_config,
         assert client.chat.completions.create(model="fast", messages=MSG).usage.completion_tokens == 3
 
 
+def test_every_refusing_backend_is_skipped_before_a_503(fast_upstream, write_config, gateway) -> None:
+    # Two of three replicas refuse (a killed one and a spare that never started), listed first, and
+    # their down marks expire before the next request: each request must still reach the live one.
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    gw = gateway(write_config([*dead, fast_upstream(tokens=3)], {"acme": plan()}), backend_down_s=0.001)
+    client = gw.client(gw.new_key("acme"))
+    for _ in range(6):
+        assert client.chat.completions.create(model="fast", messages=MSG).usage.completion_tokens == 3
+    assert gw.usage("acme")["totals"]["requests"] == 6
+
+
 def test_admin_api_needs_the_admin_token(fast_upstream, write_config, gateway) -> None:
     gw = gateway(write_config([fast_upstream()], {"acme": plan()}))
     r = httpx.post(f"{gw.url}/admin/v1/tenants/acme/keys", headers={"authorization": "Bearer wrong"})
