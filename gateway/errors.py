@@ -13,7 +13,7 @@
     ├── BodyTooLarge                  413     invalid_request_error    request_too_large
     ├── RateLimited                   429     requests | tokens        rate_limit_exceeded
     │   └── QuotaExhausted            429     insufficient_quota       insufficient_quota
-    ├── Overloaded                    429     rate_limit_exceeded      model_overloaded (sheddable tier, saturated)
+    ├── Overloaded                    429     rate_limit_exceeded      model_overloaded (sheddable, saturated)
     ├── BackendRejected               4xx     invalid_request_error    upstream_rejected (backend's status)
     ├── BackendError                  502     upstream_error           bad_gateway
     ├── BackendUnavailable            503     upstream_error           backend_unavailable

@@ -268,6 +268,7 @@ def main() -> None:
         print(text)
         return
 
+    args.load_at_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     children: list[Child] = []
     rs = start_redis(work / "redis")
@@ -485,8 +486,13 @@ def report(results: list[RunResult], args: argparse.Namespace, measured_at: floa
         + f" --out {args.out}",
         "",
         "One gateway worker, one fast upstream (16 tokens, no delay), one redis-server and the load "
-        "generator share this machine's CPUs; the machine was also used by other work at the time, so "
-        "treat single numbers as noisy. Latencies are end to end at the client (streaming: to the last "
+        "generator share this machine's CPUs"
+        + (
+            f" (load average at the start: {args.load_at_start[0]:.2f} / {args.load_at_start[1]:.2f}, 1 / 5 min)"
+            if getattr(args, "load_at_start", None)
+            else ""
+        )
+        + ". Latencies are end to end at the client (streaming: to the last "
         "byte); added = gateway minus direct at the same percentile and rate. CPU is the gateway "
         "process's utime+stime over the step (warm-up included) divided by its requests.",
         "",
