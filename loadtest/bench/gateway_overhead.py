@@ -488,7 +488,8 @@ def report(results: list[RunResult], args: argparse.Namespace, measured_at: floa
         "One gateway worker, one fast upstream (16 tokens, no delay), one redis-server and the load "
         "generator share this machine's CPUs"
         + (
-            f" (load average at the start: {args.load_at_start[0]:.2f} / {args.load_at_start[1]:.2f}, 1 / 5 min)"
+            f" (load average at the start: {args.load_at_start[0]:.2f} / {args.load_at_start[1]:.2f},"
+            " 1 / 5 min)"
             if getattr(args, "load_at_start", None)
             else ""
         )
