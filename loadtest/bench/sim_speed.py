@@ -206,8 +206,8 @@ def render(offline: list[dict[str, Any]], rt: dict[str, Any], load: str,
         "",
         "Measured by `loadtest/bench/sim_speed.py` (command in its docstring) on this machine:"
         f" {os.cpu_count()} cores, Python {platform.python_version()}, load average before the run {load}."
-        " The machine is shared with seven other engineers working at the same time, so wall times are"
-        " noisy (single run each; no repetition); the CPU-time columns are what one core needs.",
+        " Single run each, no repetition: wall times depend on what else the machine runs (see the"
+        " load average); the CPU-time columns are what one core needs.",
         "",
         *(render_headline(head) if head else []),
         "## Offline: 16-replica Mixtral-8x7B cluster (bf16, TP2, H100), ShareGPT-like lengths",
