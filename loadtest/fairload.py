@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -82,13 +83,18 @@ async def run_workload(
     client_timeout_s: float = 60.0,
     deadline_ms: float | None = None,
     loop_lag: list[float] | None = None,
+    schedule: Sequence[Scheduled] | None = None,
 ) -> list[LiveRecord]:
     """Send `workload` for its duration; wait for what is in flight; one record per request.
 
     With `loop_lag`, a probe appends how late each 50 ms sleep of this event loop woke up: a
     late loop delays arrivals and first-token times, so a run's figures are only as good as it.
+    With `schedule` (e.g. `schedule_of` an offline run's records), the open-loop tenants send
+    exactly those requests at those times instead of their own Poisson draws, so a live run and
+    a simulated one see the same arrivals and lengths and differ only by the system.
     """
     prompts = _Prompts(workload.tenants, workload.seed)
+    timed = _timed_prompts(schedule) if schedule is not None else []
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0),
         timeout=aiohttp.ClientTimeout(total=None, connect=client_timeout_s, sock_read=client_timeout_s),
@@ -105,8 +111,9 @@ async def run_workload(
         for t, k in keys.items()
     }
 
-    async def one(tenant: str) -> None:
-        prompt, out = prompts.pool[tenant][int(rng.integers(0, len(prompts.pool[tenant])))]
+    async def one(tenant: str, asked: tuple[str, int] | None = None) -> None:
+        pool = prompts.pool[tenant]
+        prompt, out = asked or pool[int(rng.integers(0, len(pool)))]
         rec = LiveRecord(tenant, time.monotonic() - t0, 0, 0)
         records.append(rec)
         body = {
@@ -142,8 +149,8 @@ async def run_workload(
         except (aiohttp.ClientError, TimeoutError):
             rec.outcome, rec.status = "timeout", 0
 
-    def launch(tenant: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(one(tenant))
+    def launch(tenant: str, asked: tuple[str, int] | None = None) -> asyncio.Task[None]:
+        task = asyncio.create_task(one(tenant, asked))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         return task
@@ -157,6 +164,11 @@ async def run_workload(
                 return
             await asyncio.sleep(max(0.0, at - time.monotonic()))
             launch(spec.name)
+
+    async def replay() -> None:
+        for at, tenant, prompt, out in timed:
+            await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
+            launch(tenant, (prompt, out))
 
     async def closed(spec: TenantSpec) -> None:
         async def loop() -> None:
@@ -172,13 +184,39 @@ async def run_workload(
             out.append(time.monotonic() - t - 0.05)
 
     prober = asyncio.create_task(probe(loop_lag)) if loop_lag is not None else None
-    await asyncio.gather(*(poisson(s) if s.rate > 0 else closed(s) for s in workload.tenants))
+    if schedule is None:
+        await asyncio.gather(*(poisson(s) if s.rate > 0 else closed(s) for s in workload.tenants))
+    else:
+        await asyncio.gather(replay(), *(closed(s) for s in workload.tenants if s.backlogged))
     if prober is not None:
         prober.cancel()
     if tasks:
         await asyncio.wait(tasks, timeout=client_timeout_s + 5)
     await session.close()
     return records
+
+
+Scheduled = tuple[float, str, int, int]  # arrival s, tenant, prompt tokens, max_tokens
+
+
+def schedule_of(records: Sequence[Any], tenants: Sequence[TenantSpec]) -> list[Scheduled]:
+    """The open-loop tenants' requests of an offline run (server/sim/tenantfront.py), in time order."""
+    open_loop = {t.name for t in tenants if t.rate > 0}
+    return sorted(
+        (r.arrival_s, r.tenant, int(r.input_len), int(r.output_len)) for r in records if r.tenant in open_loop
+    )
+
+
+def _timed_prompts(schedule: Sequence[Scheduled]) -> list[tuple[float, str, str, int]]:
+    """An exact-length prompt of its own for every request of a schedule (built before the clock starts)."""
+    from loadtest.workloads import MistralTokenCounter, exact_text
+
+    counter = MistralTokenCounter()
+    words = counter.single_token_words()
+    rng = np.random.default_rng(7)
+    return [
+        (at, tenant, exact_text(counter, words, rng, n_in), n_out) for at, tenant, n_in, n_out in schedule
+    ]
 
 
 def _outcome(status: int, body: bytes) -> str:

@@ -474,8 +474,9 @@ def live_run(
     plans: dict[str, dict[str, Any]],
     warmup_s: float,
     backlogged: tuple[str, ...] = (),
+    schedule: Sequence[Any] | None = None,
 ) -> LiveRun:
-    """`wl` through two fresh gateway processes in front of `backends`."""
+    """`wl` through two fresh gateway processes in front of `backends` (replaying `schedule`)."""
     import asyncio
 
     import httpx
@@ -531,7 +532,9 @@ def live_run(
         la0 = os.getloadavg()[0]
         lag: list[float] = []
         records = asyncio.run(
-            run_workload(urls, keys, wl, "m", client_timeout_s=CLIENT_TIMEOUT_S, loop_lag=lag)
+            run_workload(
+                urls, keys, wl, "m", client_timeout_s=CLIENT_TIMEOUT_S, loop_lag=lag, schedule=schedule
+            )
         )
         la1 = os.getloadavg()[0]
         gw_text = [httpx.get(f"{u}/metrics", timeout=10).text for u in urls]
@@ -559,31 +562,31 @@ def live_part(backend: Backend, cap: float, d: float, w: float, plots: Path) -> 
     """Workload A (and P) on the live stack, against the offline simulator on the same inputs."""
     import tempfile
 
-    from loadtest.fairload import workload_a as live_workload_a
+    from loadtest.fairload import schedule_of
 
     c2 = cap * BACKENDS
-    runs: dict[str, LiveRun] = {}
-    with tempfile.TemporaryDirectory(prefix="fairness-") as tmp:
-        workdir = Path(tmp)
-        redis, children, backends = _live_stack(workdir)
-        try:
-            wl = live_workload_a(c2, d)
-            for front, extra in LIVE_FRONTS.items():
-                runs[front] = live_run(workdir, redis.url, backends, wl, front, extra, {}, w, ("noisy",))
-            wl_p = workload_p(c2, d, shed=True)
-            tiers = {t.name: {"tier": t.tier, "sheddable": t.sheddable} for t in wl_p.tenants}
-            runs["p"] = live_run(workdir, redis.url, backends, wl_p, "p", LIVE_FRONTS["vtc"], tiers, w)
-        finally:
-            for c in reversed(children):
-                c.stop()
-            redis.stop()
-    for front in LIVE_FRONTS:
-        plot_service(runs[front].report, f"live A, {front}", plots / f"live-a-{front}.png")
-    sim = {
-        "fcfs": offline(backend, workload_a(c2, d), _front("fcfs", 2, 0.0, False), w, ("noisy",))[0],
-        "vtc": offline(backend, workload_a(c2, d), _front("vtc", 2, BURST, True), w, ("noisy",))[0],
+    # The simulated twins first: the live runs replay their exact arrivals and lengths, so live
+    # and simulated figures differ by the system, not by two draws of the same Poisson process.
+    wl, wl_p = workload_a(c2, d), workload_p(c2, d, shed=True)
+    sim_res = {
+        "fcfs": run(
+            wl, _front("fcfs", 2, 0.0, False), backend.cost, backend.blocks, max_num_seqs=MAX_NUM_SEQS
+        ),
+        "vtc": run(
+            wl, _front("vtc", 2, BURST, True), backend.cost, backend.blocks, max_num_seqs=MAX_NUM_SEQS
+        ),
     }
-    wl_p = workload_p(c2, d, shed=True)
+    sim = {
+        k: analyse(
+            r.records,
+            weights={t.name: t.weight for t in wl.tenants},
+            end_s=d,
+            warmup_s=w,
+            backlogged=("noisy",),
+            client_timeout_s=CLIENT_TIMEOUT_S,
+        )
+        for k, r in sim_res.items()
+    }
     res_p = run(wl_p, _front("vtc", 2, BURST, True), backend.cost, backend.blocks, max_num_seqs=MAX_NUM_SEQS)
     rep_p = analyse(
         res_p.records,
@@ -592,6 +595,27 @@ def live_part(backend: Backend, cap: float, d: float, w: float, plots: Path) -> 
         warmup_s=w,
         client_timeout_s=CLIENT_TIMEOUT_S,
     )
+    sched_a = schedule_of(sim_res["vtc"].records, wl.tenants)
+    sched_p = schedule_of(res_p.records, wl_p.tenants)
+    runs: dict[str, LiveRun] = {}
+    with tempfile.TemporaryDirectory(prefix="fairness-") as tmp:
+        workdir = Path(tmp)
+        redis, children, backends = _live_stack(workdir)
+        try:
+            for front, extra in LIVE_FRONTS.items():
+                runs[front] = live_run(
+                    workdir, redis.url, backends, wl, front, extra, {}, w, ("noisy",), sched_a
+                )
+            tiers = {t.name: {"tier": t.tier, "sheddable": t.sheddable} for t in wl_p.tenants}
+            runs["p"] = live_run(
+                workdir, redis.url, backends, wl_p, "p", LIVE_FRONTS["vtc"], tiers, w, (), sched_p
+            )
+        finally:
+            for c in reversed(children):
+                c.stop()
+            redis.stop()
+    for front in LIVE_FRONTS:
+        plot_service(runs[front].report, f"live A, {front}", plots / f"live-a-{front}.png")
     return live_lines(runs, sim, (rep_p, _goodput(res_p.records, w, d)), d, w)
 
 
@@ -610,7 +634,8 @@ def live_lines(
         f"Each run: {d:.0f} s of load, figures over [{w:.0f} s, {d:.0f} s]; `loadtest/fairload.py` sends "
         "streaming chat completions with exact-length prompts round robin to the two gateway processes; "
         f"backends run `servelab serve --engine sim` (same model, max_num_seqs {MAX_NUM_SEQS}, "
-        "--scheduling-policy priority). The offered rates come from the offline capacity C above.",
+        "--scheduling-policy priority). Each live run replays the arrivals and lengths of its simulated "
+        "twin below (rates from the offline capacity C above), so the two see the same requests.",
         "",
         *table_a([(f"{LIVE_LABELS[k]} | 2", r) for k, r in live.items()], math.nan, fcfs_tput)[:-1],
         "",

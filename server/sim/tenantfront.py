@@ -3,7 +3,8 @@
 This is the second home of gateway/fairness.py. Tenants send requests (Poisson at a rate, or
 closed-loop "backlogged" with N outstanding); each request lands on one of `gateways` gateway
 replicas (round robin, as a load balancer spreads them); the gateway decides with one of three
-fronts and the request goes to the backend with the fewest outstanding requests:
+fronts and the request goes to the backend with the fewest outstanding requests as that replica
+counts them (its own, as gateway/routing.py does):
 
 - `fcfs`: no queue in the gateway; everything goes straight into the engines (vLLM's default).
 - `sfq`: the queue the gateway had before issue 10, kept here only as a baseline to measure
@@ -153,6 +154,7 @@ class _Gateway:
     sfq: _Sfq | None
     own_in_flight: int = 0
     own_at_scrape: int = 0
+    per_backend: list[int] = field(default_factory=list)  # this replica's outstanding per backend
     pending: dict[int, Pending] = field(default_factory=dict)  # vtc: queued request index -> entry
 
 
@@ -191,6 +193,7 @@ def run(
         _Gateway(
             FairPolicy(counters, burst_allowance=front.burst_allowance) if front.front == "vtc" else None,
             _Sfq() if front.front == "sfq" else None,
+            per_backend=[0] * front.backends,
         )
         for _ in range(front.gateways)
     ]
@@ -198,6 +201,7 @@ def run(
     records: list[RequestRecord] = []
     provisional: dict[int, float] = {}
     where: dict[int, int] = {}  # request index -> gateway
+    engine_of: dict[int, int] = {}  # request index -> backend, while in flight
     seq = itertools.count()
     rr = itertools.count()
 
@@ -235,7 +239,10 @@ def run(
     def send(idx: int, g: _Gateway, now: float, boost: bool = False) -> None:
         rec = records[idx]
         rec.dispatched_s = now
-        eng_i = min(range(len(engines)), key=lambda i: engines[i].outstanding)
+        # like gateway/routing.py: least outstanding as this replica counts it (its own requests)
+        eng_i = min(range(len(engines)), key=lambda i: g.per_backend[i])
+        g.per_backend[eng_i] += 1
+        engine_of[idx] = eng_i
         prio = 0
         if front.engine_priority:
             prio = boosted_priority(rec.tier) if boost else engine_priority(rec.tier)
@@ -304,6 +311,7 @@ def run(
                 rec.finish_s = req.finish_s
                 g = gateways[where[idx]]
                 g.own_in_flight -= 1
+                g.per_backend[engine_of.pop(idx)] -= 1
                 if g.policy is not None:
                     share = specs[rec.tenant].share
                     g.policy.finished(rec.tenant, share, rec.input_len, rec.output_len, provisional.pop(idx))
