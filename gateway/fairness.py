@@ -205,8 +205,8 @@ class FairPolicy:
         """Would a new request of `tenant` leave before everything queued, and is anything queued?
 
         True when the tenant has nothing queued, no better tier waits, and its counter (after the
-        lift it would get on arrival) is below the counter of every tenant queued in its tier:
-        a tenant below its share, arriving while others are backlogged.
+        lift it would get on arrival) is below the counter of every tenant queued in its tier (or
+        only worse tiers wait): a tenant below its share, arriving while others are backlogged.
         """
         if self._depth == 0 or self.depth_of(tenant):
             return False
@@ -217,7 +217,7 @@ class FairPolicy:
                 return False
         others = [self.counters.value(t) for t in self._queues[share.tier]]
         if not others:
-            return False
+            return True  # only worse tiers wait
         low = min(others)
         return max(self.counters.value(tenant), low - self.burst_allowance) < low
 

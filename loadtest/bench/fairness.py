@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -218,6 +220,8 @@ def main() -> None:
         help="re-run the live part only; the offline part is kept from the last run",
     )
     args = ap.parse_args()
+    # a SIGTERM unwinds like an exception, so the live part's finally blocks stop its processes
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     plots = args.out.parent / "fairness"
     plots.mkdir(parents=True, exist_ok=True)
     # Each part is kept as a fragment beside the plots, so re-running one part still writes the
@@ -372,6 +376,17 @@ ADMIN = "fairness-bench-admin"
 LIVE_FRONTS: dict[str, dict[str, Any]] = {
     "fcfs": {},
     "static": {"max_in_flight_per_backend": MAX_NUM_SEQS},
+    # the same policy without engine priority, so nothing is sent ahead: every request beyond the
+    # free slots waits in its own replica's queue (what sending ahead changes, measured)
+    "vtc-queued": {
+        "fairness": {
+            "max_num_seqs": MAX_NUM_SEQS,
+            "gateway_replicas": 2,
+            "burst_tokens": BURST,
+            "max_waiting": 0,
+            "engine_priority": False,
+        }
+    },
     "vtc": {
         "fairness": {
             "max_num_seqs": MAX_NUM_SEQS,
@@ -385,6 +400,7 @@ LIVE_FRONTS: dict[str, dict[str, Any]] = {
 LIVE_LABELS = {
     "fcfs": "FCFS (no gateway queue)",
     "static": f"static cap {MAX_NUM_SEQS}/backend per replica (VTC order, no detector)",
+    "vtc-queued": "VTC + saturation detector (global), no engine priority: all wait in the gateway",
     "vtc": "VTC + saturation detector (global), sent ahead with engine priority",
 }
 

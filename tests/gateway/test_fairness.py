@@ -172,6 +172,11 @@ def test_only_a_tenant_below_the_backlog_is_sent_ahead_and_within_the_allowance(
     # a worse tier is not sent ahead while a better one waits; without an allowance nothing is
     assert policy.offer(pending("bulk", batch), 0.0, free_slots=0, overdispatch=2).action == "queue"
     assert policy.offer(pending("other", std), 0.0, free_slots=0).action == "queue"
+    # a better tier is ahead of a worse tier's backlog whatever the counters
+    only_batch = FairPolicy()
+    only_batch.offer(pending("bulk", batch), 0.0, free_slots=0)
+    only_batch.counters.charge("chat", 1e9)
+    assert only_batch.offer(pending("chat", std), 0.0, free_slots=0, overdispatch=1).boost
 
 
 def test_hot_path_dispatches_without_queueing() -> None:
