@@ -60,6 +60,13 @@ def boosted_priority(tier: Tier) -> int:
     return engine_priority(tier) - 1
 
 
+def send_ahead_allowance(max_num_seqs: int, backends: int, replicas: int) -> int:
+    """Requests a replica may send ahead of a backlog beyond its free slots (`FairPolicy.offer`'s
+    `overdispatch`): half its slice. The gateway (gateway/vtcsync.py) and the offline front
+    (server/sim/tenantfront.py users) derive it the same way; only with engine priority on."""
+    return max_num_seqs * backends // max(replicas, 1) // 2
+
+
 def weighted_service(input_tokens: float, output_tokens: float) -> float:
     """Service of one request in counter units before the plan weight: input + 2 x output."""
     return INPUT_WEIGHT * input_tokens + OUTPUT_WEIGHT * output_tokens

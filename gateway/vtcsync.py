@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.config import GatewayConfig
-from gateway.fairness import FairPolicy, VirtualTokenCounter
+from gateway.fairness import FairPolicy, VirtualTokenCounter, send_ahead_allowance
 from gateway.fairqueue import FairQueue
 from gateway.keyschema import tenant_keys
 from gateway.saturation import Detector, Thresholds
@@ -80,7 +80,7 @@ def build_queues(config: GatewayConfig) -> dict[str, FairQueue]:
                 on_refresh=q.pump,
             )
             if f.engine_priority:  # half a replica's slice may wait in the engines, ahead of backlogs
-                q.overdispatch = f.max_num_seqs * len(m.backends) // f.gateway_replicas // 2
+                q.overdispatch = send_ahead_allowance(f.max_num_seqs, len(m.backends), f.gateway_replicas)
             queues[name] = q
         elif m.max_in_flight_per_backend:
             queues[name] = FairQueue(

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.fairness import send_ahead_allowance
 from loadtest.fairstats import FairnessReport, analyse
 from server.sim.offline import build_cost_model
 from server.sim.tenantfront import FRONTS, FrontConfig, TenantWorkload, run
@@ -340,7 +341,7 @@ def offline_part(backend: Backend, cap: float, d: float, w: float, plots: Path) 
 def _front(front: str, gateways: int, burst: float, prio: bool) -> FrontConfig:
     """The offline twin of a gateway config; with engine priority, also what the gateway derives
     from it: half a replica's slice may be sent ahead of a backlog (gateway/vtcsync.py)."""
-    ahead = MAX_NUM_SEQS * BACKENDS // gateways // 2 if prio and front == "vtc" else 0
+    ahead = send_ahead_allowance(MAX_NUM_SEQS, BACKENDS, gateways) if prio and front == "vtc" else 0
     return FrontConfig(
         front=front,  # type: ignore[arg-type]
         gateways=gateways,

@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from gateway.config import Fairness
+from gateway.fairness import send_ahead_allowance
 from loadtest.fairstats import analyse
 from server.sim.offline import build_cost_model
 from server.sim.tenantfront import FrontConfig, TenantWorkload, run
@@ -53,6 +55,9 @@ def simulate_tenants(
         backends=replicas,
         slots_per_backend=max_num_seqs,
         engine_priority=engine_priority,
+        # as a gateway with a `fairness` block does by default (gateway/config.py, gateway/vtcsync.py)
+        burst_allowance=Fairness.model_fields["burst_tokens"].default,
+        overdispatch=send_ahead_allowance(max_num_seqs, replicas, gateways) if engine_priority else 0,
     )
     res = run(wl, cfg, cost, blocks, max_num_seqs=max_num_seqs)
     backlogged = [t.name for t in wl.tenants if t.backlogged]
