@@ -1,7 +1,11 @@
 """Fair share under contention: FCFS vs the pre-issue-10 gateway queue vs the VTC policy.
 
     .venv/bin/python -m loadtest.bench.fairness                  # writes docs/results/fairness.md + plots
+    .venv/bin/python -m loadtest.bench.fairness --live-only      # re-run the live part, keep the offline one
     .venv/bin/python -m loadtest.bench.fairness --duration 120 --out /tmp/fairness.md
+
+About 7 minutes on 2 cores: the offline part takes seconds; the live part (workload A with four
+fronts, then workload P) takes the rest, each live run replaying its simulated twin's requests.
 
 The offline part plays each workload through server/sim/tenantfront.py: the gateway replicas'
 front (`fcfs`: straight into the engine; `sfq`: the per-replica start-time fair queue the gateway
