@@ -4,8 +4,8 @@
     .venv/bin/python -m loadtest.bench.fairness --live-only      # re-run the live part, keep the offline one
     .venv/bin/python -m loadtest.bench.fairness --duration 120 --out /tmp/fairness.md
 
-About 7 minutes on 2 cores: the offline part takes seconds; the live part (workload A with four
-fronts, then workload P) takes the rest, each live run replaying its simulated twin's requests.
+About 8 minutes on 2 cores: the offline part takes seconds; the live part (workload A with four
+fronts, then workloads P and B at 2:1) takes the rest, each live run replaying its simulated twin's requests.
 
 The offline part plays each workload through server/sim/tenantfront.py: the gateway replicas'
 front (`fcfs`: straight into the engine; `sfq`: the per-replica start-time fair queue the gateway
@@ -631,12 +631,18 @@ def live_part(backend: Backend, cap: float, d: float, w: float, plots: Path) -> 
             runs["p"] = live_run(
                 workdir, redis.url, backends, wl_p, "p", LIVE_FRONTS["vtc"], tiers, w, (), sched_p
             )
+            wl_b = workload_b(d, 2.0)  # closed loop: nothing to replay, compared on shares
+            weights = {"big": {"fair_share_weight": 2.0}}
+            runs["b"] = live_run(
+                workdir, redis.url, backends, wl_b, "b", LIVE_FRONTS["vtc"], weights, w, ("big", "small")
+            )
         finally:
             for c in reversed(children):
                 c.stop()
             redis.stop()
     for front in LIVE_FRONTS:
         plot_service(runs[front].report, f"live A, {front}", plots / f"live-a-{front}.png")
+    sim["b"] = offline(backend, workload_b(d, 2.0), _front("vtc", 2, BURST, True), w, ("big", "small"))[0]
     return live_lines(runs, sim, (rep_p, _goodput(res_p.records, w, d)), d, w)
 
 
@@ -718,6 +724,28 @@ def live_lines(
             _p_row("simulated, same inputs", sim_p[0], sim_p[1]),
             "",
         ]
+    if "b" in runs:
+        lb = runs["b"]
+        lines += [
+            "## Live stack: token weighting, workload B at 2:1 (2 gateways)",
+            "",
+            f"Workload B as offline with weights big:small = 2:1, {d:.0f} s, "
+            f"figures over [{w:.0f} s, {d:.0f} s] "
+            f"(closed loop, so not a replay: compared on rates and ratios); client loop lateness p95 "
+            f"{lb.loop_lag_p95_s * 1000:.0f} ms, load average {lb.load_avg[0]:.1f} / {lb.load_avg[1]:.1f}.",
+            "",
+            "| where | big tokens/s | small tokens/s | weighted service ratio big:small / weights | "
+            "service diff max / mean (weighted tokens per 5 s window) |",
+            "|---|---|---|---|---|",
+        ]
+        for where, rep in (("live", lb.report), ("simulated (2 gateways)", sim["b"])):
+            big, small = rep.tenants["big"], rep.tenants["small"]
+            ratio = big.service_rate / small.service_rate / 2.0 if small.service_rate else math.nan
+            lines.append(
+                f"| {where} | {big.tokens_per_s:,.0f} | {small.tokens_per_s:,.0f} | {ratio:.3f} | "
+                f"{rep.service_diff_max or 0:,.0f} / {rep.service_diff_mean or 0:,.0f} |"
+            )
+        lines.append("")
     return lines
 
 
