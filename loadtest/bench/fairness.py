@@ -240,12 +240,13 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         la0 = os.getloadavg()[0]
+        commit = _commit()  # the code that runs; HEAD may move while a part runs
         if name == "offline":
             body = offline_part(backend, cap, args.duration, args.warmup, plots)
         else:
             body = live_part(backend, cap, args.live_duration, args.live_warmup, plots)
         prov = (
-            f"*{name.capitalize()} part: commit {_commit()}, {time.perf_counter() - t0:.0f} s wall, "
+            f"*{name.capitalize()} part: commit {commit}, {time.perf_counter() - t0:.0f} s wall, "
             f"load average {la0:.1f} at its start and {os.getloadavg()[0]:.1f} at its end.*"
         )
         frag[name].write_text("\n".join([prov, "", *body]) + "\n")
