@@ -27,10 +27,8 @@ from redis.exceptions import RedisError
 
 from gateway.config import PlanOverrides
 from gateway.errors import AdminAuthFailed, AdminDisabled, NotFound, RedisUnavailable
-from gateway.metering import recent_events, tenant_usage
+from gateway.metering import MONTH_PATTERN, recent_events, tenant_usage
 from gateway.runtime import Runtime, runtime
-
-MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
 
 
 class NewKey(BaseModel):

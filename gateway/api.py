@@ -45,7 +45,7 @@ from gateway.errors import (
 from gateway.estimate import reservation
 from gateway.fairness import boosted_priority, engine_priority
 from gateway.lifecycle import RequestOwner
-from gateway.metering import tenant_usage
+from gateway.metering import MONTH_PATTERN, tenant_usage
 from gateway.proxy import StreamProxy, UpstreamCall, forwardable_headers, read_json
 from gateway.routing import Route
 from gateway.runtime import Runtime, runtime
@@ -55,6 +55,7 @@ from gateway.wire import ProxyRequest, parse_request
 log = logging.getLogger("gateway.api")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_MONTH = re.compile(MONTH_PATTERN)
 
 
 def request_id(header: str | None) -> str:
@@ -326,13 +327,11 @@ async def usage(request: Request) -> Response:
     rt = runtime(request)
     try:
         principal = await authenticate(rt, request.headers.get("authorization"))
+        month = request.query_params.get("month")
+        if month is not None and not _MONTH.match(month):
+            raise InvalidRequest("month must be YYYY-MM (e.g. 2026-11).", param="month")
         try:
-            report = await tenant_usage(
-                rt.redis,
-                principal.tenant,
-                rt.plan(principal.tenant),
-                request.query_params.get("month"),
-            )
+            report = await tenant_usage(rt.redis, principal.tenant, rt.plan(principal.tenant), month)
         except RedisError as exc:
             rt.redis_failed("usage", exc)
             raise RedisUnavailable("Usage is unavailable: Redis is unreachable.") from None

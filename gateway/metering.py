@@ -18,6 +18,7 @@ from gateway.config import EffectivePlan
 from gateway.keyschema import tenant_keys
 
 COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "cost_micro_usd")
+MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"  # ?month= of both usage routes
 
 
 def micro_to_usd(micro: int) -> float:

@@ -206,6 +206,8 @@ def test_malformed_input_gets_openai_4xx_and_replica_stays_healthy(
             check(_error(c.get(usage, params=params, headers=admin), 422, f"usage {params}"))
         for query in ("month=%ED%A0%80", "month=%00", "events=%ff"):  # undecodable / odd bytes
             check(_error(c.get(f"{usage}?{query}", headers=admin), 422, f"usage ?{query}"))
+        for month in ("2026-13", "abc", "%ED%A0%80", "2026-1"):  # the tenant's own /v1/usage too
+            check(_error(c.get(f"/v1/usage?month={month}", headers=auth), 400, f"/v1/usage month={month}"))
         r = c.get(usage, params={"events": "0"}, headers=admin)
         if r.status_code != 200 or r.json().get("recent_events") != []:
             check(f"usage events=0: {r.status_code} {r.text[:200]}")
