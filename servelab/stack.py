@@ -106,9 +106,13 @@ def rewrite_backends(config: dict[str, Any], model: str, urls: list[str]) -> dic
 
 
 def add_model(config: dict[str, Any], model: str, urls: list[str], like: str) -> dict[str, Any]:
-    """Add `model` to the config with `urls`, priced like `like` unless the config already has it."""
+    """Add `model` to the config with `urls`, priced like `like` unless the config already has it.
+
+    The fairness block is not copied: it describes `like`'s engines (their batch slots, their
+    priority scheduling), not the new model's."""
     models = config.setdefault("models", {})
-    entry = dict(models.get(model) or {k: v for k, v in models[like].items() if k != "backends"})
+    copied = {k: v for k, v in models[like].items() if k not in ("backends", "fairness")}
+    entry = dict(models.get(model) or copied)
     entry["backends"] = list(urls)
     models[model] = entry
     return config
@@ -195,7 +199,9 @@ class Stack:
         models: dict[str, list[str]] = {cfg.model: []}
         sim_args = cfg.sim_args
         if cfg.max_num_seqs:
-            sim_args = ("--max-num-seqs", str(cfg.max_num_seqs), *sim_args)
+            # The engines order their waiting queue by the priority the fair queue sends (tier, and
+            # one better for a tenant sent ahead of a backlog), as vLLM does with this policy.
+            sim_args = ("--max-num-seqs", str(cfg.max_num_seqs), "--scheduling-policy", "priority", *sim_args)
         waiting: list[tuple[ChildInfo, Child]] = []
         spare_urls = []
         for i in range(cfg.backends + cfg.spare_backends):
@@ -234,7 +240,10 @@ class Stack:
         if cfg.max_num_seqs:
             # The gateway's fair queue engages when these engines are saturated (gateway/saturation.py).
             entry = config["models"][cfg.model]
-            entry.setdefault("fairness", {"max_num_seqs": cfg.max_num_seqs, "gateway_replicas": cfg.gateways})
+            entry.setdefault(
+                "fairness",
+                {"max_num_seqs": cfg.max_num_seqs, "gateway_replicas": cfg.gateways, "engine_priority": True},
+            )
         if cfg.second_model:
             config = add_model(config, cfg.second_model, models[cfg.second_model], like=cfg.model)
         gw_config = state / "gateway.yaml"
