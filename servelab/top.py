@@ -260,7 +260,10 @@ def render(view: View, events: EventLog, frame: int, title: str, spares: Sequenc
               f"p99 {fmt_s(g.added_p99_s)}   in flight {g.in_flight:.0f}   Redis {redis}   "
               f"fail-open {g.fail_open:.0f}   shed {g.shed:.0f}")  # fmt: skip
     log = Text("\n".join(events.lines) or "(no events yet)")
-    return Group(head, t, b, Text("gateway", style="bold"), gw, Text("events", style="bold"), log)
+    # The frame number again at the bottom: a reader of the terminal (a person, or the pty test)
+    # can tell a finished frame from one whose lower rows are still the previous frame's.
+    tail = Text(f"end of frame {frame}", style="dim")
+    return Group(head, t, b, Text("gateway", style="bold"), gw, Text("events", style="bold"), log, tail)
 
 
 @dataclass(frozen=True)
