@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 from server.sim.kvcache import BlockAllocator
 from server.sim.request import Request, Status
-from server.sim.scheduler import Schedule, Scheduler, SchedulerConfig, StepOutcome, admit_tokens
+from server.sim.scheduler import Schedule, Scheduler, SchedulerConfig, StepOutcome, admit_waiting
 
 
 @dataclass
@@ -162,17 +162,7 @@ class CohortScheduler(Scheduler):
         # has computed tokens here (only preemption puts a started request back, and that happens
         # on the reference path, which resets it), so an admitted request is a prefill, unless prefix
         # caching left a recomputed request one token short: that is a decode, listed on its own.
-        waiting, running = self.waiting, self.running
-        while budget > 0 and len(waiting) > 0 and len(running) < cfg.max_num_seqs:
-            head = waiting.peek()
-            if head is None:
-                break
-            n = admit_tokens(kv, head, budget)
-            if n == 0:
-                break
-            waiting.pop()
-            head.status = Status.RUNNING
-            running.append(head)
+        for head, n in admit_waiting(kv, self.waiting, self.running, budget, cfg.max_num_seqs):
             out.admitted.append(head)
             if n == 1 and head.num_output > 0:  # cache hits left one token: a decode, as the reference has it
                 out.decodes.append(head)
@@ -182,7 +172,6 @@ class CohortScheduler(Scheduler):
                 self._pre.append(head)
                 prefills.append(head)
                 prefill_new.append(n)
-            budget -= n
         return out
 
     def update(self, sched: Schedule, now: float, *, track_emitted: bool = True) -> StepOutcome:

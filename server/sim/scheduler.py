@@ -275,24 +275,13 @@ class Scheduler:
             i += 1
 
         if not out.preempted:
-            waiting = self.waiting
-            while budget > 0 and len(waiting) > 0 and len(running) < cfg.max_num_seqs:
-                head = waiting.peek()
-                if head is None:
-                    break
-                n = admit_tokens(kv, head, budget)
-                if n == 0:
-                    break
-                waiting.pop()
-                head.status = Status.RUNNING
-                running.append(head)
+            for head, n in admit_waiting(kv, self.waiting, running, budget, cfg.max_num_seqs):
                 out.admitted.append(head)
                 if n == 1 and head.num_output > 0:
                     decodes.append(head)
                 else:
                     prefills.append(head)
                     prefill_new.append(n)
-                budget -= n
         return out
 
     def update(self, sched: Schedule, now: float, *, track_emitted: bool = True) -> StepOutcome:
@@ -368,6 +357,31 @@ class Scheduler:
         req.status = Status.FINISHED
         req.finish_s = now
         self.kv.release(req)
+
+
+def admit_waiting(
+    kv: BlockAllocator, waiting: _WaitingQueue, running: list[Request], budget: int, max_seqs: int
+) -> list[tuple[Request, int]]:
+    """Move requests from the head of `waiting` into `running` while the step's token budget, the
+    KV blocks and the batch seats last; each admitted request with its new-token count, in order.
+
+    The one admission loop of both steppers (this reference and server/sim/cohort.py), so the fast
+    one cannot drift from the reference it must equal.
+    """
+    admitted: list[tuple[Request, int]] = []
+    while budget > 0 and len(waiting) > 0 and len(running) < max_seqs:
+        head = waiting.peek()
+        if head is None:
+            break
+        n = admit_tokens(kv, head, budget)
+        if n == 0:
+            break
+        waiting.pop()
+        head.status = Status.RUNNING
+        running.append(head)
+        admitted.append((head, n))
+        budget -= n
+    return admitted
 
 
 def admit_tokens(kv: BlockAllocator, head: Request, budget: int) -> int:
