@@ -32,6 +32,23 @@ failover can be missing on the new one. With `wait_replicas` > 0, a script marke
 never queue behind a WAIT. A settle that fewer than n replicas acknowledged raises NotReplicated
 (a ConnectionError): the caller spools it and replays it later, and settle.lua's per-request
 marker keeps the replay from counting twice.
+
+Every call ends, with a reply or an error, within a bound set by the settings (c =
+`connect_timeout_s`, t = `command_timeout_s`, S = number of Sentinels, 0 without Sentinel):
+
+    command  <= 2t                    from when it is queued: the connection's watchdog fails
+                                      it once a whole t passed with no reply (see `_check`)
+    connect  <= S * (c + 2 * 2t)      the Sentinels asked in turn (TCP/TLS, AUTH, the query),
+                + c + 3 * 2t          then the master (TCP/TLS, AUTH, SELECT, ROLE); a command
+                                      that is not needed (no password, db 0, no Sentinel) drops out
+    each command of a Script call     <= connect + 2t: at most one reconnect, then the reply
+    (the EVALSHA; after NOSCRIPT also the SCRIPT LOAD and the EVALSHA again)
+
+A command is only ever queued on a live connection: one that was lost before the command was
+written (say, a Sentinel switch dropped it while the caller waited for the connect) raises
+CommandNotRun at once instead of waiting for a reply that cannot come. That exception (and
+AUTH, LOADING) also tells the caller that the command certainly did not run (`may_have_run`):
+after any other error a script that writes (admit) may have run with only its reply lost.
 """
 
 from __future__ import annotations
@@ -42,7 +59,7 @@ from collections import deque
 from typing import Any
 
 import hiredis
-from redis.exceptions import AuthenticationError, BusyLoadingError, NoScriptError, ResponseError
+from redis.exceptions import AuthenticationError, BusyLoadingError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -83,10 +100,12 @@ class _Protocol(asyncio.Protocol):
                 msg = str(reply)
                 if msg.startswith("READONLY"):
                     # Demoted to a replica under this connection: useless until we ask again.
-                    err = RedisConnectionError(f"Redis answered {msg!r}: reconnecting to the master")
+                    # The node refused this command (it did not run); the ones after it may
+                    # have been answered differently, so they get a plain ConnectionError.
+                    err = f"Redis answered {msg!r}: reconnecting to the master"
                     if not fut.done():
-                        fut.set_exception(err)
-                    self.fail(err)
+                        fut.set_exception(CommandNotRun(err))
+                    self.fail(RedisConnectionError(err))
                     return
                 if fut.done():
                     continue
@@ -125,6 +144,21 @@ class _Protocol(asyncio.Protocol):
 
 class NotReplicated(RedisConnectionError):
     """The master ran the script but fewer replicas than asked acknowledged it in time."""
+
+
+class CommandNotRun(RedisConnectionError):
+    """The command certainly did not run: no usable connection, or Redis refused it (READONLY)."""
+
+
+def may_have_run(exc: BaseException) -> bool:
+    """False when a failed call's command certainly did not run in Redis; True when it may have
+    (the connection died or timed out after the command was written: only the reply is lost)."""
+    return not isinstance(exc, (CommandNotRun, AuthenticationError, BusyLoadingError))
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # read, so that asyncio does not log it as never retrieved
 
 
 class ScriptConnection:
@@ -168,10 +202,10 @@ class ScriptConnection:
                 self._connect_timeout,
             )
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            raise RedisConnectionError(f"cannot connect to Redis at {host}:{port}: {exc}") from None
+            raise CommandNotRun(f"cannot connect to Redis at {host}:{port}: {exc}") from None
         if auth:
             try:
-                await self._send(proto, auth)
+                await self._enqueue(proto, auth)
             except ResponseError as exc:
                 proto.fail(RedisConnectionError("AUTH failed"))
                 raise AuthenticationError(f"Redis at {host}:{port} refused AUTH: {exc}") from None
@@ -196,7 +230,7 @@ class ScriptConnection:
                 errors.append(str(exc))
                 continue
             try:
-                reply = await self._send(proto, ["SENTINEL", "get-master-addr-by-name", t.master_name])
+                reply = await self._enqueue(proto, ["SENTINEL", "get-master-addr-by-name", t.master_name])
             except (RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
                 errors.append(f"sentinel {host}:{port}: {exc}")
                 continue
@@ -206,9 +240,18 @@ class ScriptConnection:
                 errors.append(f"sentinel {host}:{port} knows no master {t.master_name!r}")
                 continue
             return reply[0].decode(), int(reply[1])
-        raise RedisConnectionError(f"no Sentinel named a master for {t.master_name!r}: {'; '.join(errors)}")
+        raise CommandNotRun(f"no Sentinel named a master for {t.master_name!r}: {'; '.join(errors)}")
 
     async def _connect(self) -> _Protocol:
+        """A new connection; whatever fails here, the caller's command was never written."""
+        try:
+            return await self._connect_once()
+        except (CommandNotRun, AuthenticationError):
+            raise
+        except RedisError as exc:  # a setup command timed out, or the connection died under it
+            raise CommandNotRun(f"Redis connection setup failed: {exc}") from exc
+
+    async def _connect_once(self) -> _Protocol:
         t = self._target
         host, port = await self._master_address() if t.sentinels else (t.host, t.port)
         auth = None
@@ -217,11 +260,11 @@ class ScriptConnection:
         proto = await self._open(host, port, auth)
         try:
             if t.db:
-                await self._send(proto, ["SELECT", t.db])
+                await self._enqueue(proto, ["SELECT", t.db])
             if t.sentinels:
-                role = await self._send(proto, ["ROLE"])
+                role = await self._enqueue(proto, ["ROLE"])
                 if role[0] != b"master":
-                    raise RedisConnectionError(
+                    raise CommandNotRun(
                         f"{host}:{port} is a {role[0].decode()}, not the master (failover in progress)"
                     )
         except BaseException:
@@ -243,17 +286,25 @@ class ScriptConnection:
             return self._proto
         return await asyncio.shield(self._connecting)
 
-    async def _send(self, proto: _Protocol, args: list[Any]) -> Any:
+    def _enqueue(self, proto: _Protocol, args: list[Any]) -> asyncio.Future[Any]:
+        """Queue one command on `proto` (written at the end of this loop turn); await the result.
+
+        A lost connection never has a watchdog (`fail` cancels it and it is never re-armed on
+        one), so checking for loss only where the watchdog is armed costs the busy path nothing.
+        A command queued on a lost connection would wait forever: nothing reads or times it out.
+        """
         loop = asyncio.get_running_loop()
+        if proto.watchdog is None:
+            if proto.lost:
+                raise CommandNotRun("Redis connection was lost before the command was written")
+            proto.watchdog = loop.call_later(self._timeout, self._check, proto, proto.answered)
         fut: asyncio.Future[Any] = loop.create_future()
         proto.pending.append(fut)
         proto.out.append(pack(args))
         if not proto.flush_scheduled:
             proto.flush_scheduled = True
             loop.call_soon(proto.flush)
-        if proto.watchdog is None:
-            proto.watchdog = loop.call_later(self._timeout, self._check, proto, proto.answered)
-        return await fut
+        return fut
 
     def _check(self, proto: _Protocol, answered_then: int) -> None:
         """One timer per connection instead of one per call: if replies are pending and none
@@ -269,7 +320,7 @@ class ScriptConnection:
         proto.watchdog = loop.call_later(self._timeout, self._check, proto, proto.answered)
 
     async def execute(self, *args: Any) -> Any:
-        return await self._send(await self._get(), list(args))
+        return await self._enqueue(await self._get(), list(args))
 
     async def execute_replicated(self, *args: Any) -> Any:
         """Run one command and `WAIT wait_replicas` in the same write, on the twin connection.
@@ -284,11 +335,16 @@ class ScriptConnection:
             )
         twin = self._twin
         proto = await twin._get()
-        first = asyncio.ensure_future(twin._send(proto, list(args)))
+        # Both queued now, in this order: WAIT counts the replicas that have every write made
+        # before it on this connection, so it must follow the command it is meant to cover.
+        reply_fut = twin._enqueue(proto, list(args))
+        acked_fut = twin._enqueue(proto, ["WAIT", self.wait_replicas, self._wait_ms])
         try:
-            acked = await twin._send(proto, ["WAIT", self.wait_replicas, self._wait_ms])
-        finally:
-            reply = await first  # raises the command's own error first (e.g. NOSCRIPT)
+            reply = await reply_fut  # raises the command's own error first (e.g. NOSCRIPT)
+        except BaseException:
+            acked_fut.add_done_callback(_retrieved)
+            raise
+        acked = await acked_fut
         if acked < self.wait_replicas:
             raise NotReplicated(
                 f"Redis ran the command but {acked} of {self.wait_replicas} replica(s) acknowledged it "

@@ -7,8 +7,13 @@ session's real redis-server and to real upstreams started by `fast_upstream`.
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
+import socket
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,8 @@ from gateway.app import create_app
 from gateway.config import load_config
 from gateway.settings import GatewaySettings
 from servelab.procs import Child, free_port, python_module, wait_http_ok
+
+log = logging.getLogger("tests.gateway")
 
 
 @pytest.fixture
@@ -62,14 +69,40 @@ def _settings(redis_url: str, config_path: Path, **kw: Any) -> GatewaySettings:
 
 
 class _ThreadServer(uvicorn.Server):
+    loop: asyncio.AbstractEventLoop | None = None
+
     def install_signal_handlers(self) -> None:  # the test thread is not the main thread
         pass
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()  # for `_stacks` if the thread does not exit
+        await super().serve(sockets)
+
+
+def _stacks(server: _ThreadServer, thread: threading.Thread) -> str:
+    """Where a gateway thread that did not exit is stuck: its thread and its loop's tasks."""
+    out = io.StringIO()
+    frame = sys._current_frames().get(thread.ident or 0)
+    if frame is not None:
+        traceback.print_stack(frame, file=out)
+    if server.loop is not None:
+        for task in asyncio.all_tasks(server.loop):  # read from another thread: a best effort
+            task.print_stack(file=out)
+    return out.getvalue()
+
+
+# Shutdown: uvicorn waits this long for running requests, then cancels them and runs the
+# lifespan's shutdown; the thread must be gone well within the join timeout. A thread left
+# running keeps its event loop (and redis-py's reconnect jitter, which draws from the global
+# `random`) alive under later tests.
+_GRACEFUL_SHUTDOWN_S = 5
+_JOIN_TIMEOUT_S = 15.0
 
 
 @pytest.fixture
 def gateway(redis_url: str) -> Iterator[Callable[..., GatewayHandle]]:
-    """Start in-process gateways (uvicorn in a thread); all stopped at test end."""
-    servers: list[tuple[_ThreadServer, threading.Thread]] = []
+    """Start in-process gateways (uvicorn in a thread); all stopped at test end, and the test
+    fails if a gateway's thread does not exit."""
     handles: list[GatewayHandle] = []
 
     def _start(config_path: Path, **settings_kw: Any) -> GatewayHandle:
@@ -85,21 +118,28 @@ def gateway(redis_url: str) -> Iterator[Callable[..., GatewayHandle]]:
                 access_log=False,
                 lifespan="on",
                 loop="asyncio",
+                timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
             )
         )
-        thread = threading.Thread(target=server.run, daemon=True)
+        thread = threading.Thread(target=server.run, daemon=True, name=f"gateway-{port}")
         thread.start()
-        servers.append((server, thread))
+
+        def stop() -> bool:
+            server.should_exit = True
+            thread.join(timeout=_JOIN_TIMEOUT_S)
+            if thread.is_alive():
+                log.error("Gateway thread %s still running: %s", thread.name, _stacks(server, thread))
+            return not thread.is_alive()
+
+        handles.append(GatewayHandle(url=f"http://127.0.0.1:{port}", config_path=config_path, stopper=stop))
         wait_http_ok(f"http://127.0.0.1:{port}/healthz", timeout_s=15)
-        handles.append(GatewayHandle(url=f"http://127.0.0.1:{port}", config_path=config_path))
         return handles[-1]
 
     yield _start
     for h in handles:
         h.close()
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=10)
+    leaked = [h.url for h in handles if not h.stop()]
+    assert not leaked, f"gateway thread(s) still running {_JOIN_TIMEOUT_S:g}s after shutdown: {leaked}"
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,12 @@ class GatewayHandle:
     url: str
     config_path: Path
     clients: list[openai.OpenAI] = field(default_factory=list)
+    stopper: Callable[[], bool] | None = None  # set by the in-process `gateway` fixture
+
+    def stop(self) -> bool:
+        """Stop an in-process gateway now; True when its server thread has exited."""
+        assert self.stopper is not None, "only in-process gateways can be stopped this way"
+        return self.stopper()
 
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)

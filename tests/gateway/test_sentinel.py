@@ -9,7 +9,10 @@ clients run until it is used up.
 
 What must hold: every 200 is metered exactly once (events, request counts and tokens equal what
 clients received; no request id twice), no request is metered that no client received, the
-quota is never exceeded, and any 5xx is a 503 from the failover window.
+quota is never exceeded, and any 5xx is a 503 from the failover window. Every request gets an
+HTTP answer within `REQUEST_BOUND_S` (derived below from the settings), and both gateways'
+threads exit when stopped: a request that waited on a connection lost during the switch used to
+hang until the client gave up, and kept its gateway's thread (and event loop) alive after the test.
 """
 
 from __future__ import annotations
@@ -30,6 +33,22 @@ from servelab.procs import Child
 
 MSG = [{"role": "user", "content": "hi there"}]
 
+# The gateways' Redis settings here (the connect timeout is the default) and the bound on one
+# request's Redis work that follows from them (gateway/scriptconn.py's module docstring): with
+# S Sentinels, no AUTH and db 0, a connect takes at most S*(c + 2t) + c + 2t (each Sentinel
+# asked in turn, then the master's ROLE) and each script command at most connect + 2t. A
+# request sends at most 6 (admit and settle: EVALSHA, and after NOSCRIPT SCRIPT LOAD + EVALSHA),
+# plus the API-key lookup after the pub/sub resync emptied the key cache (redis-py: the pool
+# wait, then asking the Sentinels, connecting and the command, retried once).
+SOCKET_TIMEOUT_S = 0.5  # t
+CONNECT_TIMEOUT_S = 0.5  # c (GatewaySettings' default)
+POOL_TIMEOUT_S = 2.0  # GatewaySettings' default
+SENTINELS = 3
+_C, _T = CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S
+_CONNECT_S = SENTINELS * (_C + 2 * _T) + _C + 2 * _T
+_LOOKUP_S = POOL_TIMEOUT_S + 2 * (SENTINELS * (_C + _T) + _C + _T)
+REQUEST_BOUND_S = 6 * (_CONNECT_S + 2 * SOCKET_TIMEOUT_S) + _LOOKUP_S + 1.0  # + 1 s for the backend and HTTP
+
 
 class Load:
     """Client threads calling the gateways round-robin until told to stop; records every outcome."""
@@ -40,6 +59,7 @@ class Load:
         self.lock = threading.Lock()
         self.ok: dict[str, int] = {}  # request id -> total tokens the client received
         self.started: dict[str, float] = {}  # request id -> when the client sent it
+        self.latency: dict[str, float] = {}  # request id -> seconds to its answer, whatever it was
         self.statuses: Counter[str] = Counter()
         self.errors5xx: list[tuple[float, int, str]] = []
         self.quota_429_streak = [0] * threads
@@ -57,9 +77,13 @@ class Load:
             client = self.clients[(i + n) % len(self.clients)]
             t0 = time.monotonic()
             try:
-                r = client.chat.completions.create(
-                    model="fast", messages=MSG, max_tokens=8, extra_headers={"x-request-id": rid}
-                )
+                try:
+                    r = client.chat.completions.create(
+                        model="fast", messages=MSG, max_tokens=8, extra_headers={"x-request-id": rid}
+                    )
+                finally:
+                    with self.lock:
+                        self.latency[rid] = time.monotonic() - t0
             except openai.APIStatusError as exc:
                 code = (exc.body or {}).get("code") if isinstance(exc.body, dict) else None
                 with self.lock:
@@ -70,7 +94,7 @@ class Load:
                     self.quota_429_streak[i] = self.quota_429_streak[i] + 1 if streak else 0
                 time.sleep(0.01)
                 continue
-            except openai.APIConnectionError:
+            except openai.APIConnectionError:  # no HTTP answer (a client timeout included)
                 with self.lock:
                     self.statuses["connection"] += 1
                 continue
@@ -108,14 +132,17 @@ def test_sentinel_failover_under_load(
             redis_url=setup.url,
             spool_dir=tmp_path / f"spool-{i}",
             recovery_interval_s=0.5,
-            redis_socket_timeout_s=0.5,
+            redis_socket_timeout_s=SOCKET_TIMEOUT_S,
+            redis_connect_timeout_s=CONNECT_TIMEOUT_S,
+            redis_pool_timeout_s=POOL_TIMEOUT_S,
             redis_settle_wait_replicas=1,
             lease_ttl_s=5.0,
         )
         for i in range(2)
     ]
     key = gws[0].new_key("acme")
-    load = Load([gw.client(key, timeout=20) for gw in gws], threads=4)
+    # The client waits past the bound, so that a request the gateway never answers shows up.
+    load = Load([gw.client(key, timeout=REQUEST_BOUND_S + 5) for gw in gws], threads=4)
     load.start()
     try:
         load.wait("traffic before the failover", lambda: load.successes() >= 40, 60)
@@ -146,6 +173,7 @@ def test_sentinel_failover_under_load(
         load.wait("the quota to run out on every client", lambda: min(load.quota_429_streak) >= 3, 60)
     finally:
         load.finish()
+    assert not any(w.is_alive() for w in load.workers), "a client thread is still waiting for an answer"
 
     # Settles that hit the failover went to the spool; the replay is asynchronous: poll for it.
     new_master = redis.Redis(port=setup.master_port())
@@ -157,8 +185,9 @@ def test_sentinel_failover_under_load(
         time.sleep(0.2)
     with new_master:
         events = new_master.xrange("events:{acme}")
-        # An admission whose reply the dying primary never sent leaves its lease on the new master
-        # (the gateway answered 503): the lease TTL is what bounds it.
+        # An admission whose reply the dying primary never sent may have reached the new master
+        # (the gateway answered 503): the gateway's release frees it (spooled until the new
+        # master answers), and the lease TTL bounds it in any case.
         deadline = time.monotonic() + 5.0 + 5
         while True:
             now_ms = new_master.time()[0] * 1000
@@ -184,7 +213,14 @@ def test_sentinel_failover_under_load(
     late = [t for t, _, _ in load.errors5xx if t > t_promoted + 15]
     assert not late, f"5xx long after the promotion: {len(late)}"
     assert load.successes() > before + 60
+    # Every request got an HTTP answer, and within the bound.
+    assert "connection" not in load.statuses, f"requests with no HTTP answer: {dict(load.statuses)}"
+    slowest = max(load.latency.values())
+    assert slowest <= REQUEST_BOUND_S, (slowest, REQUEST_BOUND_S)
+    # Both gateways shut down: no request or task of theirs is left running.
+    assert [gw.stop() for gw in gws] == [True, True], "a gateway thread did not exit"
     print(
         f"failover: promoted in {t_promoted - t_failover:.2f}s; outcomes {dict(load.statuses)}; "
-        f"metered {totals['requests']} requests, quota {report['quota']['tokens_used']}/{quota}"
+        f"metered {totals['requests']} requests, quota {report['quota']['tokens_used']}/{quota}; "
+        f"slowest answer {slowest:.2f}s (bound {REQUEST_BOUND_S:.1f}s)"
     )
