@@ -52,6 +52,7 @@ from gateway.metering import micro_to_usd
 from gateway.proxy import UpstreamCall, open_upstream
 from gateway.ratelimit import SettleRecord
 from gateway.routing import Route
+from gateway.scriptconn import may_have_run
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -137,6 +138,15 @@ class RequestOwner:
             rt.redis_answered()
         except RedisError as exc:
             rt.redis_failed("admit", exc)
+            if may_have_run(exc):  # admit.lua may have run, only its reply lost: undo it by lease
+                # id (a no-op if it did not run; spooled and replayed while Redis is away)
+                rel = SettleRecord.release_of(
+                    tenant, plan, lease_id, self.request_id, self.principal.key_id, self.model_name
+                )
+                try:
+                    await rt.limiter.settle(rel)
+                except Exception:
+                    rt.spool_settle(rel)
             if rt.settings.redis_failure_mode == "closed":
                 raise RedisUnavailable("Rate limiting is unavailable: Redis is unreachable.") from None
             rt.metrics.fail_open.inc()

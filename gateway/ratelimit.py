@@ -99,6 +99,32 @@ class SettleRecord:
     region: str = ""  # region of the backend reached (routing.py); '' when none or unplaced
     fair_charge: float = 0.0  # virtual token counter charge (gateway/fairness.py); 0: no fair queue
     fair_floor: float = 0.0  # the counter's lift floor when the tenant became active
+    release: bool = False  # admit's outcome unknown: undo it if it ran, meter nothing (settle.lua)
+
+    @classmethod
+    def release_of(
+        cls, tenant: str, plan: EffectivePlan, lease_id: str, request_id: str, key_id: str, model: str
+    ) -> SettleRecord:
+        """The settle that undoes an admission whose reply was lost, if it happened at all: the
+        reservation and its month come from admit.lua's in-flight record, not from here."""
+        return cls(
+            tenant=tenant,
+            tokens_per_minute=plan.tokens_per_minute,
+            tokens_per_month=plan.tokens_per_month,
+            lease_id=lease_id,
+            reserved=0,
+            prompt_tokens=0,
+            completion_tokens=0,
+            served=False,
+            month="",
+            model=model,
+            cost_micro=0,
+            request_id=request_id,
+            key_id=key_id,
+            latency_ms=0.0,
+            status=503,
+            release=True,
+        )
 
 
 class Limiter:
@@ -217,6 +243,7 @@ class Limiter:
                     rec.region,
                     f"{rec.fair_charge:.3f}" if rec.served else "0",
                     f"{rec.fair_floor:.3f}",
+                    1 if rec.release else 0,
                 ],
             )
         )

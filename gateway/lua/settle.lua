@@ -41,6 +41,14 @@
 --          the model has no fair queue or nothing was served (an unserved request is never charged)
 -- ARGV[21] the counter's floor: the lift the fair queue applied when the tenant became active;
 --          the counter becomes max(counter, floor) + charge, so the lift is global too
+-- ARGV[22] release: '1' when the gateway does not know whether admit.lua ran for this lease (the
+--          admit's reply was lost: the connection dropped or timed out after the command was
+--          written; the client was answered 503). If the in-flight record exists, admit ran: its
+--          lease is released and its reservation (amount and month read from the record, so
+--          ARGV[2] and ARGV[7] are ignored) goes back to the token bucket and the quota. Nothing
+--          is metered either way: no counters, no done marker, no usage event, no fairness
+--          charge. Without the record (admit never ran, or this release ran already) it is a
+--          no-op that writes nothing, so the gateway can send it, spool it and replay it blindly.
 --
 -- Returns name/value pairs: counted (1 metered | 0 not served | -1 request id already metered),
 --   tokens_level (token bucket level after), quota_used (tokens used + reserved in the
@@ -52,6 +60,19 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local secs = tonumber(t[1])
 
+local reserved = tonumber(ARGV[2])
+local month = ARGV[7]
+local release = ARGV[22] == '1'
+if release then
+  local rec = redis.call('HGET', KEYS[7], ARGV[1])
+  if not rec then
+    return {'counted', 0, 'tokens_level', '0', 'quota_used', 0, 'owned', 0}
+  end
+  local r = cjson.decode(rec)
+  reserved = tonumber(r.reserved)
+  month = r.month
+end
+
 redis.call('ZREM', KEYS[3], ARGV[1])
 local owned = redis.call('HDEL', KEYS[7], ARGV[1])
 local recovered = ARGV[17] == '1'
@@ -60,10 +81,9 @@ if owned == 0 and recovered then
   return {'counted', -1, 'tokens_level', '0', 'quota_used', 0, 'owned', 0}
 end
 
-local reserved = tonumber(ARGV[2])
 local prompt = tonumber(ARGV[3])
 local completion = tonumber(ARGV[4])
-local served = ARGV[5] == '1'
+local served = ARGV[5] == '1' and not release
 local tpm = tonumber(ARGV[6])
 local counted = 0
 local charge = 0
@@ -101,9 +121,9 @@ else
 end
 local quota_used
 if delta ~= 0 then
-  quota_used = redis.call('HINCRBY', KEYS[2], ARGV[7], -delta)
+  quota_used = redis.call('HINCRBY', KEYS[2], month, -delta)
 else
-  quota_used = tonumber(redis.call('HGET', KEYS[2], ARGV[7]) or '0')
+  quota_used = tonumber(redis.call('HGET', KEYS[2], month) or '0')
 end
 
 -- Day from Redis time, like the month in admit.lua.
@@ -132,7 +152,7 @@ if counted == 1 then
   redis.call('HINCRBY', KEYS[5], prefix .. 'completion_tokens', completion)
   redis.call('HINCRBY', KEYS[5], prefix .. 'cost_micro_usd', tonumber(ARGV[9]))
 end
-if counted ~= -1 then
+if counted ~= -1 and not release then
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[15], '*',
     'request_id', ARGV[10], 'tenant', ARGV[16], 'key_id', ARGV[11], 'model', ARGV[8],
     'prompt_tokens', counted == 1 and prompt or 0, 'completion_tokens', counted == 1 and completion or 0,

@@ -1,4 +1,5 @@
-"""Real Redis topologies for the TLS and Sentinel tests: certificates, a TLS+ACL node, Sentinels.
+"""Real Redis topologies for the TLS and Sentinel tests: certificates, a TLS+ACL node, Sentinels,
+and a proxy that loses a reply on its way back from Redis.
 
 Imported as a plain module (tests/ is not a package), like gwkit. Everything binds 127.0.0.1 on
 free ports; every process is started through the `spawn` fixture, so it is stopped by PID when
@@ -7,11 +8,14 @@ the test ends.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -176,3 +180,111 @@ def start_sentinel_setup(
         if time.monotonic() > deadline:
             raise AssertionError(f"Sentinels not ready in 60 s: replicas={replicas} peers={peers}")
         time.sleep(0.2)
+
+
+class ReplyDroppingProxy:
+    """A TCP proxy on 127.0.0.1 in front of a Redis, run on its own event loop in a thread.
+
+    It relays both ways until `drop_reply_after(marker)` arms it: the next client write that
+    contains `marker` (say, a script's SHA) is forwarded to Redis, and once Redis has answered,
+    the client's connection is cut (RST) instead of relaying the answer. The command ran; its
+    caller never learns how. `refuse()` closes the listening socket (new connections are
+    refused) and `accept()` opens it again on the same port.
+    """
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.port = free_port()
+        self.dropped = threading.Event()  # set once a reply was dropped
+        self._marker: bytes | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._conns: set[asyncio.Task[Any]] = set()
+        self._refuse_on_cut = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=f"proxy-{self.port}")
+        self._thread.start()
+        self.accept()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+
+    def drop_reply_after(self, marker: bytes, *, then_refuse: bool = False) -> None:
+        """Arm the cut; with `then_refuse`, stop listening before the cut (no reconnect gets in)."""
+        self.dropped.clear()
+        self._refuse_on_cut = then_refuse
+        self._loop.call_soon_threadsafe(setattr, self, "_marker", marker)
+
+    def accept(self) -> None:
+        async def start() -> None:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
+
+        self._call(start())
+
+    def refuse(self) -> None:
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+                await self._server.wait_closed()
+                self._server = None
+
+        self._call(stop())
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        self._conns.add(me)
+        me.add_done_callback(self._conns.discard)
+        try:
+            redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self.redis_port)
+        except OSError:
+            client_w.transport.abort()
+            return
+        cut = asyncio.Event()  # set when this connection's next reply must be dropped
+
+        async def upstream() -> None:
+            while data := await client_r.read(65536):
+                if self._marker is not None and self._marker in data:
+                    self._marker = None
+                    cut.set()
+                redis_w.write(data)
+                await redis_w.drain()
+
+        async def downstream() -> None:
+            while data := await redis_r.read(65536):
+                if cut.is_set():  # Redis answered the marked command: the caller never sees it
+                    if self._refuse_on_cut and self._server is not None:
+                        self._server.close()  # listening socket closed now: new connects refused
+                        self._server = None
+                    client_w.transport.abort()
+                    self.dropped.set()
+                    return
+                client_w.write(data)
+                await client_w.drain()
+
+        tasks = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except OSError:
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            client_w.transport.abort()
+            redis_w.transport.abort()
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            for task in list(self._conns):
+                task.cancel()
+            await asyncio.gather(*self._conns, return_exceptions=True)
+
+        self.refuse()
+        self._call(shutdown())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
