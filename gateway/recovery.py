@@ -129,10 +129,23 @@ async def maintain(rt: Runtime) -> None:
             await beater
 
 
+async def next_tick(redis_back: asyncio.Event, interval: float) -> None:
+    """Return when Redis came back or after `interval`, whichever is first.
+
+    Not `asyncio.wait_for`: on Python 3.11 it swallows a cancellation that arrives in the loop
+    turn in which the event is set (it returns the result instead), and this loop then ran
+    forever, holding the app's shutdown (and the server thread) at `await maintainer`; seen in
+    tests/gateway/test_sentinel.py, where Redis answers again just as the gateway stops.
+    `asyncio.timeout` only turns its own cancellation into TimeoutError.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(interval):
+            await redis_back.wait()
+
+
 async def _maintain(rt: Runtime, interval: float, healthy_ticks: int) -> None:
     while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(rt.redis_back.wait(), interval)
+        await next_tick(rt.redis_back, interval)
         rt.redis_back.clear()
         try:
             # Liveness first: it is also the probe that Redis answers before the spool is touched.

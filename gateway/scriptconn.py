@@ -191,16 +191,16 @@ class ScriptConnection:
     async def _open(self, host: str, port: int, auth: list[Any] | None) -> _Protocol:
         loop = asyncio.get_running_loop()
         try:
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the connection completes (see recovery.next_tick).
+            async with asyncio.timeout(self._connect_timeout):
+                _, proto = await loop.create_connection(
                     lambda: _Protocol(self._lost),
                     host,
                     port,
                     ssl=self._ssl,
                     server_hostname=host if self._ssl else None,
-                ),
-                self._connect_timeout,
-            )
+                )
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             raise CommandNotRun(f"cannot connect to Redis at {host}:{port}: {exc}") from None
         if auth:
