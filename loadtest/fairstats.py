@@ -224,3 +224,20 @@ def _pct(x: np.ndarray, p: float) -> float:
     if not math.isfinite(s[hi]):
         return math.inf
     return float(s[lo] + (s[hi] - s[lo]) * (rank - lo))
+
+
+def pooled_ttft_pct(reports: Iterable[FairnessReport], prefix: str, p: float) -> float:
+    """The p-th percentile of TTFT over every request of the tenants named `prefix`*, in all
+    `reports` together (unserved ones count as infinitely slow, as in `TenantStats`).
+
+    Tenants with the same rates and lengths (workload A's steady ones) draw from one distribution;
+    pooling them, and several runs, estimates its percentiles from all their requests instead of
+    taking the worst of a few noisy per-tenant estimates.
+    """
+    values: list[float] = []
+    for rep in reports:
+        for t, st in rep.tenants.items():
+            if t.startswith(prefix):
+                served = rep.ttfts[t]
+                values += served + [math.inf] * (st.requests - len(served))
+    return _pct(np.array(values), p) if values else math.nan

@@ -4,8 +4,10 @@
     .venv/bin/python -m loadtest.bench.fairness --live-only      # re-run the live part, keep the offline one
     .venv/bin/python -m loadtest.bench.fairness --duration 120 --out /tmp/fairness.md
 
-About 8 minutes on 2 cores: the offline part takes seconds; the live part (workload A with four
-fronts, then workloads P and B at 2:1) takes the rest, each live run replaying its simulated twin's requests.
+About 13 minutes on 2 cores: the offline part about a minute (most of it the 320-backend what-if);
+the live part (workload A with four fronts and three more replays of the VTC front, then workload
+P, then B at 1:1 and 2:1) takes the rest, each open-loop live run replaying its simulated twin's
+requests.
 
 The offline part plays each workload through server/sim/tenantfront.py: the gateway replicas'
 front (`fcfs`: straight into the engine; `sfq`: the per-replica start-time fair queue the gateway
@@ -26,6 +28,7 @@ Workloads (C = the backend's measured capacity in requests/s at these lengths):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import signal
@@ -40,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from gateway.fairness import send_ahead_allowance
-from loadtest.fairstats import FairnessReport, analyse
+from loadtest.fairstats import FairnessReport, analyse, pooled_ttft_pct
 from server.sim.offline import build_cost_model
 from server.sim.tenantfront import FRONTS, FrontConfig, TenantWorkload, run
 
@@ -51,6 +54,16 @@ A_IN, A_OUT = "uniform:256:768", "uniform:32:224"
 BACKENDS = 2
 CLIENT_TIMEOUT_S = 60.0  # a request without a first token by then counts as never served
 BURST = 8192.0  # weighted tokens a returning tenant may stay below the lowest active counter
+# Workload A with the VTC front runs live this many times (arrival seeds 0, 1, ...; seed 0 is the
+# main table's run). One 35 s window holds ~80 requests per steady tenant, so its p95 is about the
+# 4th-slowest: measured offline over 12 seeds, the worst steady p95 of one window varies by ~25%
+# (sd / mean), more than the 15% live and simulated runs must agree within. The comparison pools
+# the steady tenants' requests of every replay instead (see live_lines).
+LIVE_REPLAYS = 4
+# The cluster-scale what-if: 100 tenants in front of this many backends through this many gateway
+# replicas, 2,600+ req/s offered (the issue asks for thousands); about a minute of wall time.
+WHATIF_BACKENDS, WHATIF_GATEWAYS = 320, 16
+SPREAD_SEEDS = 12  # offline draws of workload A that measure the spread of one window's figures
 FRONT_NAMES = {
     "fcfs": "FCFS (no gateway queue)",
     "sfq": "pre-issue-10 queue (SFQ per replica)",
@@ -313,7 +326,7 @@ def offline_part(backend: Backend, cap: float, d: float, w: float, plots: Path) 
         rows_p.append((label, rep, _goodput(res.records, w, d)))
 
     # 100 tenants at cluster scale: the what-if the offline front makes computable
-    big_cap = cap * 32
+    big_cap = cap * WHATIF_BACKENDS
     many = TenantWorkload.from_dict(
         {
             "duration_s": 60.0,
@@ -331,7 +344,7 @@ def offline_part(backend: Backend, cap: float, d: float, w: float, plots: Path) 
     t_many = time.perf_counter()
     res_many = run(
         many,
-        FrontConfig(front="vtc", gateways=4, backends=32, burst_allowance=BURST),
+        FrontConfig(front="vtc", gateways=WHATIF_GATEWAYS, backends=WHATIF_BACKENDS, burst_allowance=BURST),
         backend.cost,
         backend.blocks,
         max_num_seqs=MAX_NUM_SEQS,
@@ -619,6 +632,19 @@ def live_part(backend: Backend, cap: float, d: float, w: float, plots: Path) -> 
     )
     sched_a = schedule_of(sim_res["vtc"].records, wl.tenants)
     sched_p = schedule_of(res_p.records, wl_p.tenants)
+    # the other replays of A with the VTC front: their simulated twins, staggered scrapes (the model)
+    # and aligned ones (the model before, to show what the change does)
+    twins = {s: workload_a(c2, d, seed=s) for s in range(LIVE_REPLAYS)}
+    twin_res = {
+        s: run(tw, _front("vtc", 2, BURST, True), backend.cost, backend.blocks, max_num_seqs=MAX_NUM_SEQS)
+        for s, tw in twins.items()
+    }
+    aligned = dataclasses.replace(_front("vtc", 2, BURST, True), stagger_scrapes=False)
+    sim_replays = {s: _analyse_a(r.records, d, w) for s, r in twin_res.items()}
+    sim_aligned = {
+        s: _analyse_a(run(tw, aligned, backend.cost, backend.blocks, max_num_seqs=MAX_NUM_SEQS).records, d, w)
+        for s, tw in twins.items()
+    }
     runs: dict[str, LiveRun] = {}
     with tempfile.TemporaryDirectory(prefix="fairness-") as tmp:
         workdir = Path(tmp)
@@ -628,23 +654,73 @@ def live_part(backend: Backend, cap: float, d: float, w: float, plots: Path) -> 
                 runs[front] = live_run(
                     workdir, redis.url, backends, wl, front, extra, {}, w, ("noisy",), sched_a
                 )
+            for s in range(1, LIVE_REPLAYS):
+                sched = schedule_of(twin_res[s].records, twins[s].tenants)
+                runs[f"vtc-r{s}"] = live_run(
+                    workdir, redis.url, backends, twins[s], f"vtc-r{s}", LIVE_FRONTS["vtc"], {}, w,
+                    ("noisy",), sched,
+                )  # fmt: skip
             tiers = {t.name: {"tier": t.tier, "sheddable": t.sheddable} for t in wl_p.tenants}
             runs["p"] = live_run(
                 workdir, redis.url, backends, wl_p, "p", LIVE_FRONTS["vtc"], tiers, w, (), sched_p
             )
-            wl_b = workload_b(d, 2.0)  # closed loop: nothing to replay, compared on shares
-            weights = {"big": {"fair_share_weight": 2.0}}
-            runs["b"] = live_run(
-                workdir, redis.url, backends, wl_b, "b", LIVE_FRONTS["vtc"], weights, w, ("big", "small")
-            )
+            for w_big in (1.0, 2.0):  # closed loop: nothing to replay, compared on shares
+                weights = {"big": {"fair_share_weight": w_big}}
+                runs[f"b{w_big:g}"] = live_run(
+                    workdir, redis.url, backends, workload_b(d, w_big), f"b{w_big:g}", LIVE_FRONTS["vtc"],
+                    weights, w, ("big", "small"),
+                )  # fmt: skip
         finally:
             for c in reversed(children):
                 c.stop()
             redis.stop()
     for front in LIVE_FRONTS:
         plot_service(runs[front].report, f"live A, {front}", plots / f"live-a-{front}.png")
-    sim["b"] = offline(backend, workload_b(d, 2.0), _front("vtc", 2, BURST, True), w, ("big", "small"))[0]
-    return live_lines(runs, sim, (rep_p, _goodput(res_p.records, w, d)), d, w)
+    for w_big in (1.0, 2.0):
+        sim[f"b{w_big:g}"] = offline(
+            backend, workload_b(d, w_big), _front("vtc", 2, BURST, True), w, ("big", "small")
+        )[0]
+    live_replays = {0: runs["vtc"].report, **{s: runs[f"vtc-r{s}"].report for s in range(1, LIVE_REPLAYS)}}
+    spread = _spread_a(backend, c2, d, w)
+    return live_lines(
+        runs,
+        sim,
+        (rep_p, _goodput(res_p.records, w, d)),
+        d,
+        w,
+        (live_replays, sim_replays, sim_aligned, spread),
+    )
+
+
+def _analyse_a(records: Sequence[Any], d: float, w: float) -> FairnessReport:
+    weights = {t: 1.0 for t in ("steady1", "steady2", "steady3", "noisy")}
+    return analyse(
+        records,
+        weights=weights,
+        end_s=d,
+        warmup_s=w,
+        backlogged=("noisy",),
+        client_timeout_s=CLIENT_TIMEOUT_S,
+    )
+
+
+Spread = dict[str, tuple[float, float]]  # figure -> (mean, sd / mean) over SPREAD_SEEDS draws
+
+
+def _spread_a(backend: Backend, c2: float, d: float, w: float) -> Spread:
+    """How much one live-length window's steady TTFT figures vary between draws of workload A
+    (offline, VTC front as live): the noise any one live/simulated comparison carries."""
+    figs: dict[str, list[float]] = {"worst p95": [], "worst p50": [], "pooled p95": [], "pooled p50": []}
+    for s in range(100, 100 + SPREAD_SEEDS):  # seeds the replays do not use
+        wl = workload_a(c2, d, seed=s)
+        cfg = _front("vtc", 2, BURST, True)
+        res = run(wl, cfg, backend.cost, backend.blocks, max_num_seqs=MAX_NUM_SEQS)
+        rep = _analyse_a(res.records, d, w)
+        figs["worst p95"].append(_steady_p95(rep))
+        figs["worst p50"].append(_steady_p50(rep))
+        figs["pooled p95"].append(pooled_ttft_pct([rep], "steady", 95))
+        figs["pooled p50"].append(pooled_ttft_pct([rep], "steady", 50))
+    return {k: (float(np.mean(v)), float(np.std(v, ddof=1) / np.mean(v))) for k, v in figs.items()}
 
 
 def live_lines(
@@ -653,8 +729,10 @@ def live_lines(
     sim_p: tuple[FairnessReport, list[float]],
     d: float,
     w: float,
+    replays: tuple[dict[int, FairnessReport], dict[int, FairnessReport], dict[int, FairnessReport], Spread],
 ) -> list[str]:
     live = {k: r.report for k, r in runs.items() if k in LIVE_FRONTS}
+    live_r, sim_r, sim_al, spread = replays
     fcfs_tput = live["fcfs"].throughput_tokens_per_s
     lines = [
         "## Live stack: workload A on 2 gateway replicas, 2 simulated backends, real Redis",
@@ -685,32 +763,74 @@ def live_lines(
             f"| {LIVE_LABELS[k]} | {waits} | {r.engine_queue_mean_s:.3f} | {r.engine_ttft_mean_s:.3f} | "
             f"{r.loop_lag_p95_s * 1000:.0f} | {r.load_avg[0]:.1f} / {r.load_avg[1]:.1f} |"
         )
+    n = len(live_r)
+    sp = spread
+    per_tenant = float(np.mean([r.tenants["steady1"].requests for r in live_r.values()]))
     lines += [
         "",
-        "Live against the offline simulator on the same workload, duration and window "
-        "(2 gateways, 2 backends; the offline VTC front with engine priority and sending ahead, as "
-        "the live config derives it):",
+        f"Live against the offline simulator on the same requests, duration and window (2 gateways, 2 "
+        "backends; the offline VTC front with engine priority and sending ahead, as the live config "
+        "derives it, and each replica scraping on its own phase, as live replicas do). The steady "
+        f"tenants' TTFT percentiles are compared pooled: every steady request of {n} replays "
+        f"(arrival seeds 0-{n - 1}) together. Why: one {d - w:.0f} s window holds about "
+        f"{per_tenant:.0f} requests per steady tenant, and over {SPREAD_SEEDS} offline draws of "
+        f"workload A its worst steady p95 varies by {sp['worst p95'][1]:.0%} (sd / mean; p50 "
+        f"{sp['worst p50'][1]:.0%}; pooled over the three tenants p95 {sp['pooled p95'][1]:.0%}, "
+        f"p50 {sp['pooled p50'][1]:.0%}), more than the 15% the two must agree within. Even with the same "
+        "arrivals, a few milliseconds of timing decide which requests are sent ahead and which wait, so "
+        "one window's figures move by as much (the per-replay table below). The one-replay worst-tenant "
+        "rows stay for comparison with earlier runs.",
         "",
-        "| front | figure | live | simulated | live / simulated - 1 |",
-        "|---|---|---|---|---|",
+        "| front | figure | live | simulated | live / simulated - 1 | simulated, scrapes aligned (before) |",
+        "|---|---|---|---|---|---|",
     ]
+    rows: list[tuple[str, str, float, float, float]] = []
     for front in ("fcfs", "vtc"):
         lv, sm = live[front], sim[front]
         total_l = sum(x.service_rate for x in lv.tenants.values())
         total_s = sum(x.service_rate for x in sm.tenants.values())
-        for name, a, b in (
-            ("worst steady p95 TTFT s", _steady_p95(lv), _steady_p95(sm)),
-            ("worst steady p50 TTFT s", _steady_p50(lv), _steady_p50(sm)),
-            (
-                "noisy share of service",
-                lv.tenants["noisy"].service_rate / total_l,
-                sm.tenants["noisy"].service_rate / total_s,
-            ),
-            ("Jain (max-min)", lv.jain, sm.jain),
-            ("tokens/s", lv.throughput_tokens_per_s, sm.throughput_tokens_per_s),
-        ):
-            rel = f"{a / b - 1:+.1%}" if math.isfinite(a) and math.isfinite(b) and b else "n/a"
-            lines.append(f"| {front} | {name} | {_s(a)} | {_s(b)} | {rel} |")
+        al = sim_al[0] if front == "vtc" else None
+        rows += [
+            (front, "worst steady p95 TTFT s (replay 0)", _steady_p95(lv), _steady_p95(sm),
+             _steady_p95(al) if al else math.nan),
+            (front, "worst steady p50 TTFT s (replay 0)", _steady_p50(lv), _steady_p50(sm),
+             _steady_p50(al) if al else math.nan),
+        ]  # fmt: skip
+        if front == "vtc":
+            for q in (95, 50):
+                rows.append(
+                    (
+                        front,
+                        f"steady p{q} TTFT s, pooled over {n} replays",
+                        pooled_ttft_pct(live_r.values(), "steady", q),
+                        pooled_ttft_pct(sim_r.values(), "steady", q),
+                        pooled_ttft_pct(sim_al.values(), "steady", q),
+                    )
+                )
+        rows += [
+            (front, "noisy share of service", lv.tenants["noisy"].service_rate / total_l,
+             sm.tenants["noisy"].service_rate / total_s, math.nan),
+            (front, "Jain (max-min)", lv.jain, sm.jain, math.nan),
+            (front, "tokens/s", lv.throughput_tokens_per_s, sm.throughput_tokens_per_s, math.nan),
+        ]  # fmt: skip
+    for front, name, a, b, c in rows:
+        rel = f"{a / b - 1:+.1%}" if math.isfinite(a) and math.isfinite(b) and b else "n/a"
+        old = f"{_s(c)} ({a / c - 1:+.1%})" if math.isfinite(c) and math.isfinite(a) and c else ""
+        lines.append(f"| {front} | {name} | {_s(a)} | {_s(b)} | {rel} | {old} |")
+    lines += [
+        "",
+        "Per replay (VTC front; steady p50 / p95 over the three steady tenants of that replay):",
+        "",
+        "| replay (seed) | live worst steady p95 | simulated | live steady p50 / p95 | simulated |",
+        "|---|---|---|---|---|",
+    ]
+    for seed in sorted(live_r):
+        lv, sm = live_r[seed], sim_r[seed]
+        lines.append(
+            f"| {seed} | {_s(_steady_p95(lv))} | {_s(_steady_p95(sm))} | "
+            f"{_s(pooled_ttft_pct([lv], 'steady', 50))} / {_s(pooled_ttft_pct([lv], 'steady', 95))} | "
+            f"{_s(pooled_ttft_pct([sm], 'steady', 50))} / {_s(pooled_ttft_pct([sm], 'steady', 95))} |"
+        )
     lines += ["", "![live vtc](fairness/live-a-vtc.png)", "![live fcfs](fairness/live-a-fcfs.png)", ""]
     if "p" in runs:
         p = runs["p"]
@@ -725,27 +845,32 @@ def live_lines(
             _p_row("simulated, same inputs", sim_p[0], sim_p[1]),
             "",
         ]
-    if "b" in runs:
-        lb = runs["b"]
+    b_runs = [k for k in ("b1", "b2") if k in runs]
+    if b_runs:
+        lag = ", ".join(f"{runs[k].loop_lag_p95_s * 1000:.0f}" for k in b_runs)
+        la = ", ".join(f"{runs[k].load_avg[0]:.1f} / {runs[k].load_avg[1]:.1f}" for k in b_runs)
         lines += [
-            "## Live stack: token weighting, workload B at 2:1 (2 gateways)",
+            "## Live stack: token weighting, workload B (2 gateways)",
             "",
-            f"Workload B as offline with weights big:small = 2:1, {d:.0f} s, "
+            f"Workload B as offline with weights big:small = 1:1 and 2:1, {d:.0f} s each, "
             f"figures over [{w:.0f} s, {d:.0f} s] "
-            f"(closed loop, so not a replay: compared on rates and ratios); client loop lateness p95 "
-            f"{lb.loop_lag_p95_s * 1000:.0f} ms, load average {lb.load_avg[0]:.1f} / {lb.load_avg[1]:.1f}.",
+            "(closed loop, so not a replay: compared on rates and ratios); client loop lateness p95 "
+            f"{lag} ms, load average {la} (start / end, per run).",
             "",
-            "| where | big tokens/s | small tokens/s | weighted service ratio big:small / weights | "
+            "| weights big:small | where | big tokens/s | small tokens/s | "
+            "weighted service ratio big:small / weights | "
             "service diff max / mean (weighted tokens per 5 s window) |",
-            "|---|---|---|---|---|",
+            "|---|---|---|---|---|---|",
         ]
-        for where, rep in (("live", lb.report), ("simulated (2 gateways)", sim["b"])):
-            big, small = rep.tenants["big"], rep.tenants["small"]
-            ratio = big.service_rate / small.service_rate / 2.0 if small.service_rate else math.nan
-            lines.append(
-                f"| {where} | {big.tokens_per_s:,.0f} | {small.tokens_per_s:,.0f} | {ratio:.3f} | "
-                f"{rep.service_diff_max or 0:,.0f} / {rep.service_diff_mean or 0:,.0f} |"
-            )
+        for k in b_runs:
+            wb = float(k[1:])
+            for where, rep in (("live", runs[k].report), ("simulated (2 gateways)", sim[k])):
+                big, small = rep.tenants["big"], rep.tenants["small"]
+                ratio = big.service_rate / small.service_rate / wb if small.service_rate else math.nan
+                lines.append(
+                    f"| {wb:g}:1 | {where} | {big.tokens_per_s:,.0f} | {small.tokens_per_s:,.0f} | "
+                    f"{ratio:.3f} | {rep.service_diff_max or 0:,.0f} / {rep.service_diff_mean or 0:,.0f} |"
+                )
         lines.append("")
     return lines
 
@@ -840,8 +965,9 @@ def offline_lines(
         "",
         "## Cluster-scale what-if (offline)",
         "",
-        f"100 tenants (5 at 6x and 95 at 1.2x an equal share of 32 backends: {32 * cap:.0f} req/s "
-        f"capacity, {len(res_many.records) / 60:.0f} req/s offered), 4 gateway replicas, VTC: "
+        f"100 tenants (5 at 6x and 95 at 1.2x an equal share of {WHATIF_BACKENDS} backends: "
+        f"{WHATIF_BACKENDS * cap:,.0f} req/s capacity, {len(res_many.records) / 60:,.0f} req/s offered), "
+        f"{WHATIF_GATEWAYS} gateway replicas, VTC, 60 s: "
         f"{len(res_many.records):,} requests simulated in {wall_many:.1f} s wall. Jain over share attainment "
         f"{rep_many.jain:.3f} (min {min(att):.2f}, max {max(att):.2f}).",
         "",

@@ -95,6 +95,10 @@ class FrontConfig:
     backends: int = 1
     slots_per_backend: int = 16  # in flight per backend before requests wait in the gateway
     scrape_interval_s: float = 0.5
+    # Live replicas scrape the backends on their own clocks, not together: with `stagger_scrapes`
+    # replica i first scrapes at i x interval / gateways, so their views are out of phase as the
+    # live replicas' are (each then reads numbers up to one interval old at different moments).
+    stagger_scrapes: bool = True
     engine_priority: bool = False
     sfq_timeout_s: float = 30.0
     burst_allowance: float = 0.0  # vtc: see FairPolicy
@@ -154,6 +158,8 @@ class _Gateway:
     sfq: _Sfq | None
     own_in_flight: int = 0
     own_at_scrape: int = 0
+    next_scrape: float = 0.0
+    scraped: list[BackendLoad] = field(default_factory=list)  # the engines as of its last scrape
     per_backend: list[int] = field(default_factory=list)  # this replica's outstanding per backend
     pending: dict[int, Pending] = field(default_factory=dict)  # vtc: queued request index -> entry
 
@@ -221,7 +227,13 @@ def run(
 
     in_flight: list[tuple[float, int, Plan]] = []
     busy = [False] * len(engines)
-    next_scrape = 0.0
+    # Engines that may start a step now: those that finished one or were sent a request since the
+    # last check, and those with work whose last plan was empty. Only they are looked at, so an
+    # event costs O(touched engines), not O(backends): what makes hundreds of backends fast.
+    touched: set[int] = set()
+    for i, g in enumerate(gateways):
+        g.scraped = [BackendLoad() for _ in engines]
+        g.next_scrape = i * front.scrape_interval_s / front.gateways if front.stagger_scrapes else 0.0
 
     def new_record(tenant: str, now: float) -> int:
         inp_d, out_d = dists[tenant]
@@ -247,13 +259,14 @@ def run(
         if front.engine_priority:
             prio = boosted_priority(rec.tier) if boost else engine_priority(rec.tier)
         engines[eng_i].add(Request(str(idx), rec.input_len, rec.output_len, arrival_s=now, priority=prio))
+        touched.add(eng_i)
         g.own_in_flight += 1
 
     thresholds = Thresholds(max_num_seqs=front.slots_per_backend, max_waiting=front.max_waiting)
 
     def slots_for(g: _Gateway) -> int:
         return free_slots(
-            scraped,
+            g.scraped,
             thresholds,
             own_now=g.own_in_flight,
             own_at_scrape=g.own_at_scrape,
@@ -287,14 +300,14 @@ def run(
                     continue
                 send(idx, g, now)
 
-    scraped: list[BackendLoad] = [BackendLoad() for _ in engines]
     inf = math.inf
     t = 0.0
     while True:
         t_arr = arrivals[0][0] if arrivals else inf
         t_step = in_flight[0][0] if in_flight else inf
         busy_any = t_step < inf or any(g.pending or (g.sfq and g.sfq.heap) for g in gateways)
-        t_scr = next_scrape if (front.front == "vtc" and busy_any) else inf
+        due = min(g.next_scrape for g in gateways)
+        t_scr = due if (front.front == "vtc" and busy_any) else inf
         t = min(t_arr, t_step, t_scr)
         if t == inf:
             break
@@ -303,6 +316,7 @@ def run(
             end, r, plan = heapq.heappop(in_flight)
             out = engines[r].complete(plan, end)
             busy[r] = False
+            touched.add(r)
             for req in out.first_token:
                 records[int(req.req_id)].first_token_s = req.first_token_s
             for req in out.finished:
@@ -317,14 +331,15 @@ def run(
                     g.policy.finished(rec.tenant, share, rec.input_len, rec.output_len, provisional.pop(idx))
                 pump(g, end)
                 ended(idx, end)
-        # 2. scrape: every replica refreshes its view of the engines
-        if t >= next_scrape:
-            scraped = [BackendLoad(e.num_running, e.num_waiting, e.kv.usage) for e in engines]
+        # 2. scrape: each replica whose time has come refreshes its view of the engines
+        if t >= due:
+            now_view = [BackendLoad(e.num_running, e.num_waiting, e.kv.usage) for e in engines]
             for g in gateways:
-                g.own_at_scrape = g.own_in_flight
-            next_scrape = t + front.scrape_interval_s
-            for g in gateways:
-                pump(g, t)
+                if t >= g.next_scrape:
+                    g.scraped = now_view
+                    g.own_at_scrape = g.own_in_flight
+                    g.next_scrape = t + front.scrape_interval_s
+                    pump(g, t)
         # 3. arrivals
         while arrivals and arrivals[0][0] <= t:
             _, _, tenant = heapq.heappop(arrivals)
@@ -351,15 +366,19 @@ def run(
                 else:
                     records[idx].outcome = "shed" if verdict.action == "shed" else "refused"
                     ended(idx, t)
-        # 4. start a step on every idle engine with work
-        for r, eng in enumerate(engines):
+        # 4. start a step on every idle engine with work (in index order, as a full scan would)
+        stalled: set[int] = set()
+        for r in sorted(touched):
+            eng = engines[r]
             if busy[r] or not eng.has_work():
                 continue
             plan_ = eng.plan(t)
             if plan_ is None:
+                stalled.add(r)  # work it cannot start yet: look again at the next event
                 continue
             busy[r] = True
             heapq.heappush(in_flight, (t + plan_.duration_s, r, plan_))
+        touched = stalled
     inputs = {
         "front": front.__dict__,
         "max_num_seqs": max_num_seqs,
