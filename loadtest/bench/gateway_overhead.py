@@ -112,6 +112,29 @@ def serve_lean(port: int, upstream: str, redis_url: str) -> None:
     )
 
 
+def bench_config(upstream_url: str) -> dict[str, object]:
+    """The gateway config every overhead benchmark uses: one tenant whose limits never bind."""
+    return {
+        "plans": {
+            "bench": {
+                "requests_per_minute": 10_000_000,
+                "tokens_per_minute": 1_000_000_000,
+                "tokens_per_month": 10**15,
+                "max_concurrent_requests": 100_000,
+                "default_max_tokens": 16,
+            }
+        },
+        "tenants": {"bench": {"plan": "bench"}},
+        "models": {
+            MODEL: {
+                "backends": [upstream_url],
+                "input_price_per_million_usd": 0.5,
+                "output_price_per_million_usd": 1.5,
+            }
+        },
+    }
+
+
 def pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -284,25 +307,7 @@ def main() -> None:
         children.append(up)
         up_url = f"http://127.0.0.1:{up_port}"
         wait_http_ok(f"{up_url}/health", 20, up.popen)
-        cfg = {
-            "plans": {
-                "bench": {
-                    "requests_per_minute": 10_000_000,
-                    "tokens_per_minute": 1_000_000_000,
-                    "tokens_per_month": 10**15,
-                    "max_concurrent_requests": 100_000,
-                    "default_max_tokens": 16,
-                }
-            },
-            "tenants": {"bench": {"plan": "bench"}},
-            "models": {
-                MODEL: {
-                    "backends": [up_url],
-                    "input_price_per_million_usd": 0.5,
-                    "output_price_per_million_usd": 1.5,
-                }
-            },
-        }
+        cfg = bench_config(up_url)
         (work / "gateway.yaml").write_text(yaml.safe_dump(cfg))
         gw_env = {
             "REDIS_URL": rs.url,
