@@ -130,14 +130,20 @@ async def maintain(rt: Runtime) -> None:
 
 
 async def next_tick(redis_back: asyncio.Event, interval: float) -> None:
-    """Return when Redis came back or after `interval`, whichever is first.
+    """Return when Redis came back or after `interval`, whichever is first; raise
+    CancelledError if this task was cancelled and the cancellation got lost on the way.
 
-    Not `asyncio.wait_for`: on Python 3.11 it swallows a cancellation that arrives in the loop
-    turn in which the event is set (it returns the result instead), and this loop then ran
-    forever, holding the app's shutdown (and the server thread) at `await maintainer`; seen in
-    tests/gateway/test_sentinel.py, where Redis answers again just as the gateway stops.
-    `asyncio.timeout` only turns its own cancellation into TimeoutError.
+    On Python 3.11 `asyncio.wait_for` returns normally instead of raising when the cancellation
+    arrives in the loop turn in which what it waits for completes. redis-py wraps every command
+    it sends in one (`send_packed_command` with a socket timeout), so a tick's Redis work can
+    swallow the app's shutdown cancel; this loop then ran forever and held the shutdown (and
+    the server thread) at `await maintainer` (tests/gateway/test_sentinel.py, 3 of about 70
+    runs). `Task.cancelling()` still counts such a request, so each tick checks it. The wait
+    itself uses `asyncio.timeout`, which only turns its own cancellation into TimeoutError.
     """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(interval):
             await redis_back.wait()

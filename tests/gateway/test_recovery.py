@@ -1,13 +1,15 @@
-"""The maintenance loop's wait between ticks (gateway/recovery.py) ends when the loop is cancelled.
+"""The maintenance loop (gateway/recovery.py) ends when it is cancelled, whatever its tick does.
 
-On Python 3.11 `asyncio.wait_for(event.wait(), t)` returns normally when the cancellation
-arrives in the loop turn in which the event is set, so the loop ran on and the app's shutdown
-waited for it forever (a gateway thread left running after tests/gateway/test_sentinel.py).
+On Python 3.11 `asyncio.wait_for` returns normally when the cancellation arrives in the loop
+turn in which what it waits for completes; redis-py sends every command through one. A loop
+that lost its cancellation that way ran on, and the app's shutdown waited for it forever (a
+gateway thread left running after tests/gateway/test_sentinel.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from gateway.recovery import next_tick
 
@@ -30,6 +32,25 @@ async def test_a_tick_loop_stops_when_cancelled_as_redis_comes_back() -> None:
     done, _ = await asyncio.wait([task], timeout=1.0)
     assert done, f"the loop swallowed its cancellation and ran on ({ticks} ticks)"
     assert task.cancelled()
+
+
+async def test_a_cancellation_lost_inside_a_tick_ends_the_loop_at_the_next_tick() -> None:
+    back = asyncio.Event()
+    in_tick = asyncio.Event()
+
+    async def loop() -> None:
+        while True:
+            await next_tick(back, 0.01)
+            in_tick.set()
+            # The tick's Redis work, in which a library loses the cancellation (3.11's wait_for).
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(loop())
+    await in_tick.wait()
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=1.0)
+    assert done and task.cancelled()
 
 
 async def test_a_tick_ends_early_when_redis_comes_back_and_on_time_otherwise() -> None:
