@@ -47,7 +47,6 @@ from gateway.fairness import boosted_priority, engine_priority
 from gateway.lifecycle import RequestOwner
 from gateway.metering import MONTH_PATTERN, tenant_usage
 from gateway.proxy import StreamProxy, UpstreamCall, forwardable_headers, read_json
-from gateway.routing import Route
 from gateway.runtime import Runtime, runtime
 from gateway.versions import STICKY_HEADER, VERSION_HEADER, PinnedVersion, UnknownVersion, sticky_id
 from gateway.wire import ProxyRequest, parse_request
@@ -192,18 +191,21 @@ async def _completions(
         raise ModelNotAllowed(f"Tenant {tenant!r} may not use model {preq.model!r}.", param="model")
     # Which version of the alias, sticky per conversation (versions.py); `model` becomes that
     # version's view (its backends and upstream id). The route also carries the tenant's regions.
-    conversation, pick = headers.get(STICKY_HEADER), headers.get(VERSION_HEADER)
-    sid = sticky_id(
-        conversation.decode("latin-1") if conversation else None, preq.body.get("user"), principal.key_id
-    )
-    try:
-        assigned = rt.versions.assign(tenant, preq.model, sid, pick.decode("latin-1") if pick else None)
-    except UnknownVersion as exc:
-        raise InvalidRequest(str(exc), param="x-servelab-version", code="unknown_model_version") from None
-    except PinnedVersion as exc:
-        raise ModelNotAllowed(str(exc), param="x-servelab-version", code="version_pinned") from None
+    pick = headers.get(VERSION_HEADER)
+    assigned = None if pick else rt.versions.only(tenant, preq.model)
+    if assigned is None:
+        conversation = headers.get(STICKY_HEADER)
+        sid = sticky_id(
+            conversation.decode("latin-1") if conversation else None, preq.body.get("user"), principal.key_id
+        )
+        try:
+            assigned = rt.versions.assign(tenant, preq.model, sid, pick.decode("latin-1") if pick else None)
+        except UnknownVersion as exc:
+            raise InvalidRequest(str(exc), param="x-servelab-version", code="unknown_model_version") from None
+        except PinnedVersion as exc:
+            raise ModelNotAllowed(str(exc), param="x-servelab-version", code="version_pinned") from None
     model = assigned.model
-    req.route = Route(preq.model, assigned.version, rt.versions.regions[tenant])
+    req.route = rt.versions.route(tenant, preq.model, assigned.version)
     plan = rt.plan(tenant)
     req.identify(principal, preq.model, model, plan)
     up_body, max_tokens = _upstream_body(raw, preq, plan, model)
@@ -216,7 +218,10 @@ async def _completions(
 
     out_headers = {"x-request-id": req.request_id, "x-servelab-version": assigned.version}
     out_headers.update(await req.admit(tokens.reserve, preq.prompt_tokens_estimate, tokens.need))
-    waited = await req.wait_for_slot(tokens.reserve, _deadline_ms(headers.get(DEADLINE_HEADER)))
+    deadline_ms = _deadline_ms(headers.get(DEADLINE_HEADER))
+    waited = 0.0
+    if preq.model in rt.queues:  # only a model with a fair queue may wait (when it is saturated)
+        waited = await req.wait_for_slot(tokens.reserve, deadline_ms)
     if req.fair_ticket is not None and req.fair_ticket.boost:
         up_body = _boosted_body(up_body, preq, plan, model)
     t_up = time.perf_counter()
@@ -233,7 +238,8 @@ async def _completions(
         log.warning("Backend reported no usage; metering the prompt estimate: request_id=%s", req.request_id)
         usage = Usage(preq.prompt_tokens_estimate, 0)
     await req.finish(usage, 200)
-    await _keep_text(req, preq, data)
+    if rt.config.tenants[req.tenant].prompt_logging.enabled:
+        await _keep_text(req, preq, data)
     end = time.perf_counter()
     overhead = pre_overhead + (end - t_back)
     rt.metrics.overhead_seconds.observe(overhead)
@@ -254,9 +260,8 @@ def _stream(
         elif not complete:  # the backend broke or went silent mid-stream
             rt.metrics.backend_errors.labels(call.backend.url, "stream").inc()
         await req.finish(usage, 200 if complete else (499 if client_gone else 502))
-        await _keep_text(
-            req, preq, retention.stream_text(proxy.capture) if proxy.capture is not None else None
-        )
+        if proxy.capture is not None:  # an opted-in tenant (below); nobody else's text is kept
+            await _keep_text(req, preq, retention.stream_text(proxy.capture))
         end = time.perf_counter()
         rt.metrics.child(rt.metrics.e2e_seconds, preq.model).observe(end - req.started)
         if first_token_at is not None:
@@ -287,10 +292,13 @@ def _stream(
 
 
 async def _keep_text(req: RequestOwner, preq: ProxyRequest, output: bytes | None) -> None:
-    """Keep the request's text only for a tenant that opted in (retention.py); never raises."""
+    """Keep the request's text for a tenant that opted in (retention.py); never raises.
+
+    Callers check the opt-in first (the default: nothing of the text is written anywhere), so
+    that the common request does not pay for a coroutine that would return at once."""
     policy = req.rt.config.tenants[req.tenant].prompt_logging
     if not policy.enabled:
-        return  # the default: nothing of the text is written anywhere
+        return
     try:
         await retention.keep(
             req.rt.redis,

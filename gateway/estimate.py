@@ -28,7 +28,7 @@ from typing import Literal
 PromptReservation = Literal["body_bytes", "bytes_div_4"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Reservation:
     reserve: int  # taken from the token bucket and the quota at admission, trued up at settle
     need: int  # must be available in the bucket (and the quota) for the request to be admitted

@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.lifecycle")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Admission:
     """What admit.lua granted one request: everything settle needs besides the usage."""
 
@@ -283,18 +283,18 @@ class RequestOwner:
             m.child(m.prompt_tokens, tenant, model).inc(usage.prompt_tokens)
             m.child(m.completion_tokens, tenant, model).inc(usage.completion_tokens)
         if self.admission is not None:
-            await self._settle(usage, status)
+            await settle_record(rt, self._settle_record(self.admission, usage, status))
 
-    async def _settle(self, usage: Usage | None, status: int) -> None:
-        rt, adm, plan, model = self.rt, self.admission, self.plan, self.model
-        assert adm is not None and plan is not None and model is not None and self.principal is not None
+    def _settle_record(self, adm: Admission, usage: Usage | None, status: int) -> SettleRecord:
+        plan, model = self.plan, self.model
+        assert plan is not None and model is not None and self.principal is not None
         cost = (
             cost_micro_usd(usage, model.input_price_per_million_usd, model.output_price_per_million_usd)
             if usage
             else 0
         )
-        fair = self._fair_fields(usage)
-        rec = SettleRecord(
+        fair = (0.0, 0.0) if self.fair_ticket is None else self._fair_fields(usage)
+        return SettleRecord(
             tenant=self.tenant,
             tokens_per_minute=plan.tokens_per_minute,
             tokens_per_month=plan.tokens_per_month,
@@ -315,7 +315,6 @@ class RequestOwner:
             fair_charge=fair[0],
             fair_floor=fair[1],
         )
-        await settle_record(rt, rec)
 
     def _fair_fields(self, usage: Usage | None) -> tuple[float, float]:
         """The virtual token counter's charge and lift floor for settle.lua (0 without a queue)."""

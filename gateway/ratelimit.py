@@ -6,8 +6,11 @@ Every key a script touches carries the `{tenant}` hash tag (see `keyschema.py`),
 on one Redis Cluster slot. A short request makes exactly two round trips (admit, settle); only
 a request that outlives `lease_heartbeat_s` sends heartbeats.
 
-The scripts answer with name/value pairs and this module reads them by name into frozen
-dataclasses (`Decision`, `Settled`, `Beat`); a field added on one side cannot shift the others.
+The scripts answer with name/value pairs and this module reads them by name into dataclasses
+(`Decision`, `Settled`, `Beat`); a field added on one side cannot shift the others. They and
+`SettleRecord` are slotted, not frozen: a frozen dataclass sets each field through
+`object.__setattr__`, and these are built on every request (`SettleRecord`'s 20 fields took 1.6
+times as long frozen; `loadtest/bench/gateway_instructions.py` counts the request path).
 The limiter never imports HTTP: turning a decision into a status code and headers happens in
 `errors.rejection` and `errors.rate_limit_headers`.
 """
@@ -41,7 +44,7 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
     """What admit.lua decided for one request."""
 
@@ -61,7 +64,7 @@ class Decision:
     quota_remaining: int  # tokens_per_month - (used + reserved) in `month`, after this decision
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Settled:
     counted: Literal[1, 0, -1]  # 1 metered, 0 not served, -1 request id already metered
     tokens_level: float
@@ -69,13 +72,13 @@ class Settled:
     owned: bool  # this settle returned the reservation (False: recovery or a replay got there first)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Beat:
     renewed: bool  # False: the request was already settled elsewhere (a survivor recovered it)
     expires_ms: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SettleRecord:
     """Everything settle.lua needs, as plain values: what the spool writes and replays."""
 

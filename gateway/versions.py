@@ -33,6 +33,7 @@ from typing import Literal
 from redis.asyncio import Redis
 
 from gateway.config import GatewayConfig, Model
+from gateway.routing import Route
 
 log = logging.getLogger("gateway.versions")
 
@@ -118,6 +119,29 @@ class LiveVersions:
             t: None if spec.regions == "*" else frozenset(spec.regions) for t, spec in config.tenants.items()
         }
         self.overridden: set[str] = set()
+        # An alias with one version has nothing to decide (stored weights cannot name another):
+        # its assignment is built once, so the common case skips the sticky hash per request.
+        self._only: dict[str, Assignment] = {
+            name: Assignment(table[0][0], "weighted", self._effective[(name, table[0][0])])
+            for name, table in self._base.items()
+            if len(table) == 1
+        }
+        self._routes: dict[tuple[str, str, str], Route] = {}
+
+    def only(self, tenant: str, model: str) -> Assignment | None:
+        """The assignment of an alias with one version for a tenant not pinned on it, else None."""
+        a = self._only.get(model)
+        if a is None or model in self._config.tenants[tenant].versions:
+            return None
+        return a
+
+    def route(self, tenant: str, model: str, version: str) -> Route:
+        """Where the request may go (version, tenant's regions); one shared object per triple."""
+        key = (tenant, model, version)
+        r = self._routes.get(key)
+        if r is None:
+            r = self._routes[key] = Route(model, version, self.regions[tenant])
+        return r
 
     def versions(self, model: str) -> list[str]:
         return [v for v, _ in self._base[model]]
