@@ -31,10 +31,12 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -65,6 +67,8 @@ class RunResult:
     lag_p99_ms: float  # how late the generator started requests (its own saturation)
     cpu_ms_per_req: float | None
     redis_per_req: dict[str, float] | None
+    cpu_user_ms_per_req: float | None = None  # the user-space part of cpu_ms_per_req
+    rep: int = 0  # which pass of --repeat (fixed rates are run in interleaved passes)
 
 
 LEAN_SCRIPT = "local n = redis.call('INCR', KEYS[1]); redis.call('EXPIRE', KEYS[1], 60); return n"
@@ -142,9 +146,10 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user + system, user) CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return (int(fields[11]) + int(fields[12])) / TICK, int(fields[11]) / TICK
 
 
 def commandstats(r: redis.Redis) -> dict[str, int]:
@@ -220,11 +225,13 @@ def run(
     stream: bool,
     gw_pid: int | None,
     r: redis.Redis,
+    rep: int = 0,
 ) -> RunResult:
-    cpu0 = cpu_seconds(gw_pid) if gw_pid else 0.0
+    cpu0, user0 = cpu_seconds(gw_pid) if gw_pid else (0.0, 0.0)
     cs0 = commandstats(r)
     lat, lag, n, errors, elapsed = asyncio.run(open_loop(url, key, rate, duration_s, stream))
-    cpu = (cpu_seconds(gw_pid) - cpu0) if gw_pid else None
+    cpu1, user1 = cpu_seconds(gw_pid) if gw_pid else (0.0, 0.0)
+    cpu = (cpu1 - cpu0) if gw_pid else None
     cs1 = commandstats(r)
     total = n + 20  # the warm-up requests count too
     redis_per = None
@@ -249,6 +256,8 @@ def run(
         lag_p99_ms=pct([x * 1000 for x in lag], 0.99),
         cpu_ms_per_req=(cpu * 1000 / total) if cpu is not None else None,
         redis_per_req=redis_per,
+        cpu_user_ms_per_req=((user1 - user0) * 1000 / total) if gw_pid else None,
+        rep=rep,
     )
 
 
@@ -274,6 +283,13 @@ def main() -> None:
         type=Path,
         default=None,
         help="checkout of an older commit whose gateway is measured too (target 'before')",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="passes over the fixed rates, every target interleaved in each pass; tables show medians "
+        "and the before/after CPU comparison uses the median of the per-pass ratios",
     )
     ap.add_argument("--report-from", type=Path, default=None, help="re-render the report from --json output")
     ap.add_argument(
@@ -365,12 +381,15 @@ def main() -> None:
         for mode in args.modes.split(","):
             stream = mode == "stream"
             for rate in [float(x) for x in args.rates.split(",")]:
-                for target, url, child in targets:
-                    k = key if child else None
-                    pid = child.pid if child else None
-                    res = run(target, f"{url}/v1/chat/completions", k, rate, args.duration, stream, pid, r)
-                    results.append(res)
-                    print(json.dumps(res.__dict__), flush=True)
+                for rep in range(args.repeat):
+                    for target, url, child in targets:
+                        k = key if child else None
+                        pid = child.pid if child else None
+                        res = run(
+                            target, f"{url}/v1/chat/completions", k, rate, args.duration, stream, pid, r, rep
+                        )
+                        results.append(res)
+                        print(json.dumps(res.__dict__), flush=True)
             for rate in [float(x) for x in args.ramp.split(",") if x]:
                 res = run(
                     "gateway", f"{gw_url}/v1/chat/completions", key, rate, args.duration, stream, gw.pid, r
@@ -402,8 +421,70 @@ def _commit() -> str:
         return "unknown"
 
 
-def summary(results: list[RunResult], ramped: bool = True) -> list[str]:
-    """The issue's targets next to what this run measured."""
+def collapse(results: list[RunResult]) -> list[RunResult]:
+    """One row per (target, mode, rate): the median of each figure over the --repeat passes."""
+    groups: dict[tuple[str, bool, float], list[RunResult]] = {}
+    for x in results:
+        groups.setdefault((x.target, x.stream, x.rate), []).append(x)
+    out = []
+    for xs in groups.values():
+        if len(xs) == 1:
+            out.append(xs[0])
+            continue
+
+        def med(name: str, xs: list[RunResult] = xs) -> float | None:
+            vals = [v for v in (getattr(x, name) for x in xs) if v is not None]
+            return statistics.median(vals) if vals else None
+
+        fields: dict[str, Any] = {
+            name: med(name)
+            for name in (
+                "achieved_rps",
+                "p50_ms",
+                "p95_ms",
+                "p99_ms",
+                "lag_p99_ms",
+                "cpu_ms_per_req",
+                "cpu_user_ms_per_req",
+            )
+        }
+        fields.update(
+            sent=sum(x.sent for x in xs), ok=sum(x.ok for x in xs), errors=sum(x.errors for x in xs)
+        )
+        out.append(replace(xs[0], **fields))
+    return out
+
+
+def pass_ratios(results: list[RunResult]) -> dict[tuple[bool, float], list[tuple[RunResult, RunResult]]]:
+    """(before, after) pairs of the same pass, per (mode, rate): run back to back, so each pair
+    shares the machine's state of that moment and their ratio is steadier than either figure."""
+    out: dict[tuple[bool, float], list[tuple[RunResult, RunResult]]] = {}
+    for b in (x for x in results if x.target == "before" and x.cpu_ms_per_req):
+        g = next(
+            (
+                x
+                for x in results
+                if (x.target, x.stream, x.rate, x.rep) == ("gateway", b.stream, b.rate, b.rep)
+                and x.cpu_ms_per_req
+            ),
+            None,
+        )
+        if g is not None:
+            out.setdefault((b.stream, b.rate), []).append((b, g))
+    return out
+
+
+def cpu_change(pairs: list[tuple[RunResult, RunResult]]) -> float:
+    """Median over passes of after/before CPU per request, minus 1."""
+    return statistics.median(g.cpu_ms_per_req / b.cpu_ms_per_req for b, g in pairs) - 1  # type: ignore[operator]
+
+
+def summary(
+    results: list[RunResult],
+    ramped: bool = True,
+    pairs: dict[tuple[bool, float], list[tuple[RunResult, RunResult]]] | None = None,
+) -> list[str]:
+    """The issue's targets next to what this run measured (`results` one row per target and rate)."""
 
     def find(target: str, stream: bool, rate: float) -> RunResult | None:
         return next((x for x in results if (x.target, x.stream, x.rate) == (target, stream, rate)), None)
@@ -449,13 +530,16 @@ def summary(results: list[RunResult], ramped: bool = True) -> list[str]:
         g, d = find("gateway", x.stream, x.rate), find("direct", x.stream, x.rate)
         if g and d and g.cpu_ms_per_req and x.cpu_ms_per_req:
             kind = "streaming" if x.stream else "non-streaming"
+            passes = (pairs or {}).get((x.stream, x.rate), [])
+            change = cpu_change(passes) if passes else g.cpu_ms_per_req / x.cpu_ms_per_req - 1
+            how = f"median of {len(passes)} paired passes" if len(passes) > 1 else "one pass"
             out.append(
                 f"| (before → after) {kind}, {x.rate:.0f} req/s: added p50, added p99, CPU/request "
                 f"| {x.p50_ms - d.p50_ms:.2f} → {g.p50_ms - d.p50_ms:.2f} ms, "
                 f"{x.p99_ms - d.p99_ms:.2f} → {g.p99_ms - d.p99_ms:.2f} ms, "
                 f"{x.cpu_ms_per_req:.3f} → {g.cpu_ms_per_req:.3f} ms "
-                f"({(g.cpu_ms_per_req / x.cpu_ms_per_req - 1) * 100:+.1f} %) "
-                f"| CPU within 10 %: {'yes' if g.cpu_ms_per_req <= 1.1 * x.cpu_ms_per_req else 'no'} |"
+                f"({change * 100:+.1f} %, {how}) "
+                f"| CPU within 10 %: {'yes' if change <= 0.10 else 'no'} |"
             )
     lean = [x for x in results if x.target == "lean"]
     for x in lean:
@@ -465,6 +549,34 @@ def summary(results: list[RunResult], ramped: bool = True) -> list[str]:
                 f"| (calibration) lean proxy CPU, {x.rate:.0f} req/s | {x.cpu_ms_per_req:.2f} ms vs gateway "
                 f"{g.cpu_ms_per_req:.2f} ms | – |"
             )
+    return [*out, ""]
+
+
+def passes_table(results: list[RunResult]) -> list[str]:
+    """Each --repeat pass's before and after CPU per request, user and system apart."""
+    pairs = pass_ratios(results)
+    if not any(len(v) > 1 for v in pairs.values()):
+        return []
+    out = [
+        "### CPU per request, pass by pass",
+        "",
+        "Each pass runs before, then after, back to back at one rate; user = user-space part.",
+        "",
+        "| mode | rate req/s | pass | before ms (user) | after ms (user) | after / before |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (stream, rate), ps in pairs.items():
+        for b, g in ps:
+            out.append(
+                f"| {'streaming' if stream else 'non-streaming'} | {rate:.0f} | {b.rep + 1} "
+                f"| {b.cpu_ms_per_req:.3f} ({b.cpu_user_ms_per_req or 0:.3f}) "
+                f"| {g.cpu_ms_per_req:.3f} ({g.cpu_user_ms_per_req or 0:.3f}) "
+                f"| {g.cpu_ms_per_req / b.cpu_ms_per_req:.3f} |"  # type: ignore[operator]
+            )
+        out.append(
+            f"| {'streaming' if stream else 'non-streaming'} | {rate:.0f} | median | | "
+            f"| **{cpu_change(ps) + 1:.3f}** |"
+        )
     return [*out, ""]
 
 
@@ -486,6 +598,7 @@ def report(results: list[RunResult], args: argparse.Namespace, measured_at: floa
                 ("modes", args.modes),
             )
         )
+        + (f" --repeat {args.repeat}" if getattr(args, "repeat", 1) > 1 else "")
         + (" --lean" if args.lean else "")
         + (f" --baseline {args.baseline}" if getattr(args, "baseline", None) else "")
         + f" --out {args.out}",
@@ -502,8 +615,10 @@ def report(results: list[RunResult], args: argparse.Namespace, measured_at: floa
         "byte); added = gateway minus direct at the same percentile and rate. CPU is the gateway "
         "process's utime+stime over the step (warm-up included) divided by its requests.",
         "",
-        *summary(results, ramped=bool(getattr(args, "ramp", "x"))),
+        *summary(collapse(results), ramped=bool(getattr(args, "ramp", "x")), pairs=pass_ratios(results)),
+        *passes_table(results),
     ]
+    results = collapse(results)
     for stream in (False, True):
         rows = [x for x in results if x.stream == stream]
         if not rows:
