@@ -162,13 +162,6 @@ _json = st.recursive(
 _field_values = _json | st.sampled_from([[{"role": "user", "content": "x"}], "m", True, 1, 2**40, -1])
 
 
-# Hypothesis warns when the global `random` state moves while it draws; here that can only be a
-# background thread of an earlier test (redis-py's reconnect backoff draws jitter from `random`), not
-# these pure strategies, and under warnings-as-errors it aborted a draw (seen in CI).
-_OTHER_THREADS_RANDOM = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
-
-
-@_OTHER_THREADS_RANDOM
 @settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     body=st.dictionaries(
@@ -203,7 +196,6 @@ def test_fuzz_any_json_object_is_parsed_or_refused_with_a_4xx(
     assert r.max_tokens is None or 1 <= r.max_tokens <= MAX_TOKENS_LIMIT
 
 
-@_OTHER_THREADS_RANDOM
 @settings(max_examples=200, deadline=None, database=None)
 @given(raw=st.binary(max_size=200) | st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")))
 def test_fuzz_arbitrary_bytes_never_escape_as_other_errors(raw: bytes) -> None:
