@@ -56,9 +56,9 @@ CLIENT_TIMEOUT_S = 60.0  # a request without a first token by then counts as nev
 BURST = 8192.0  # weighted tokens a returning tenant may stay below the lowest active counter
 # Workload A with the VTC front runs live this many times (arrival seeds 0, 1, ...; seed 0 is the
 # main table's run). One 35 s window holds ~80 requests per steady tenant, so its p95 is about the
-# 4th-slowest: measured offline over 12 seeds, the worst steady p95 of one window varies by ~25%
-# (sd / mean), more than the 15% live and simulated runs must agree within. The comparison pools
-# the steady tenants' requests of every replay instead (see live_lines).
+# 4th-slowest: over 12 offline draws, the worst steady p95 of one window varies by about 20%
+# (sd / mean; the report prints it), the size of the 15% live and simulated runs must agree
+# within. The comparison pools the steady tenants' requests of every replay instead (live_lines).
 LIVE_REPLAYS = 4
 # The cluster-scale what-if: 100 tenants in front of this many backends through this many gateway
 # replicas, 2,600+ req/s offered (the issue asks for thousands); about a minute of wall time.
@@ -632,17 +632,19 @@ def live_part(backend: Backend, cap: float, d: float, w: float, plots: Path) -> 
     )
     sched_a = schedule_of(sim_res["vtc"].records, wl.tenants)
     sched_p = schedule_of(res_p.records, wl_p.tenants)
-    # the other replays of A with the VTC front: their simulated twins, staggered scrapes (the model)
-    # and aligned ones (the model before, to show what the change does)
+    # every replay of A with the VTC front: its simulated twin, and the twin with the replicas
+    # scraping on their own phases (a model tested against live, not adopted: see the notes)
     twins = {s: workload_a(c2, d, seed=s) for s in range(LIVE_REPLAYS)}
     twin_res = {
         s: run(tw, _front("vtc", 2, BURST, True), backend.cost, backend.blocks, max_num_seqs=MAX_NUM_SEQS)
         for s, tw in twins.items()
     }
-    aligned = dataclasses.replace(_front("vtc", 2, BURST, True), stagger_scrapes=False)
+    staggered = dataclasses.replace(_front("vtc", 2, BURST, True), stagger_scrapes=True)
     sim_replays = {s: _analyse_a(r.records, d, w) for s, r in twin_res.items()}
-    sim_aligned = {
-        s: _analyse_a(run(tw, aligned, backend.cost, backend.blocks, max_num_seqs=MAX_NUM_SEQS).records, d, w)
+    sim_staggered = {
+        s: _analyse_a(
+            run(tw, staggered, backend.cost, backend.blocks, max_num_seqs=MAX_NUM_SEQS).records, d, w
+        )
         for s, tw in twins.items()
     }
     runs: dict[str, LiveRun] = {}
@@ -688,7 +690,7 @@ def live_part(backend: Backend, cap: float, d: float, w: float, plots: Path) -> 
         (rep_p, _goodput(res_p.records, w, d)),
         d,
         w,
-        (live_replays, sim_replays, sim_aligned, spread),
+        (live_replays, sim_replays, sim_staggered, spread),
     )
 
 
@@ -732,7 +734,7 @@ def live_lines(
     replays: tuple[dict[int, FairnessReport], dict[int, FairnessReport], dict[int, FairnessReport], Spread],
 ) -> list[str]:
     live = {k: r.report for k, r in runs.items() if k in LIVE_FRONTS}
-    live_r, sim_r, sim_al, spread = replays
+    live_r, sim_r, sim_alt, spread = replays
     fcfs_tput = live["fcfs"].throughput_tokens_per_s
     lines = [
         "## Live stack: workload A on 2 gateway replicas, 2 simulated backends, real Redis",
@@ -770,18 +772,19 @@ def live_lines(
         "",
         f"Live against the offline simulator on the same requests, duration and window (2 gateways, 2 "
         "backends; the offline VTC front with engine priority and sending ahead, as the live config "
-        "derives it, and each replica scraping on its own phase, as live replicas do). The steady "
+        "derives it). The steady "
         f"tenants' TTFT percentiles are compared pooled: every steady request of {n} replays "
         f"(arrival seeds 0-{n - 1}) together. Why: one {d - w:.0f} s window holds about "
         f"{per_tenant:.0f} requests per steady tenant, and over {SPREAD_SEEDS} offline draws of "
         f"workload A its worst steady p95 varies by {sp['worst p95'][1]:.0%} (sd / mean; p50 "
         f"{sp['worst p50'][1]:.0%}; pooled over the three tenants p95 {sp['pooled p95'][1]:.0%}, "
-        f"p50 {sp['pooled p50'][1]:.0%}), more than the 15% the two must agree within. Even with the same "
+        f"p50 {sp['pooled p50'][1]:.0%}), the size of the 15% the two must agree within. Even with the same "
         "arrivals, a few milliseconds of timing decide which requests are sent ahead and which wait, so "
         "one window's figures move by as much (the per-replay table below). The one-replay worst-tenant "
         "rows stay for comparison with earlier runs.",
         "",
-        "| front | figure | live | simulated | live / simulated - 1 | simulated, scrapes aligned (before) |",
+        "| front | figure | live | simulated | live / simulated - 1 | "
+        "simulated, replicas scraping on their own phases (not adopted) |",
         "|---|---|---|---|---|---|",
     ]
     rows: list[tuple[str, str, float, float, float]] = []
@@ -789,12 +792,12 @@ def live_lines(
         lv, sm = live[front], sim[front]
         total_l = sum(x.service_rate for x in lv.tenants.values())
         total_s = sum(x.service_rate for x in sm.tenants.values())
-        al = sim_al[0] if front == "vtc" else None
+        alt = sim_alt[0] if front == "vtc" else None
         rows += [
             (front, "worst steady p95 TTFT s (replay 0)", _steady_p95(lv), _steady_p95(sm),
-             _steady_p95(al) if al else math.nan),
+             _steady_p95(alt) if alt else math.nan),
             (front, "worst steady p50 TTFT s (replay 0)", _steady_p50(lv), _steady_p50(sm),
-             _steady_p50(al) if al else math.nan),
+             _steady_p50(alt) if alt else math.nan),
         ]  # fmt: skip
         if front == "vtc":
             for q in (95, 50):
@@ -804,7 +807,7 @@ def live_lines(
                         f"steady p{q} TTFT s, pooled over {n} replays",
                         pooled_ttft_pct(live_r.values(), "steady", q),
                         pooled_ttft_pct(sim_r.values(), "steady", q),
-                        pooled_ttft_pct(sim_al.values(), "steady", q),
+                        pooled_ttft_pct(sim_alt.values(), "steady", q),
                     )
                 )
         rows += [

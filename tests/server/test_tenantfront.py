@@ -135,8 +135,8 @@ def test_simulate_tenants_reads_a_workload_file_and_reports_per_tenant(tmp_path)
 
 
 def test_replicas_scrape_on_their_own_phases_and_the_policy_holds_either_way() -> None:
-    """Live gateway replicas scrape the backends on their own clocks; the offline front staggers
-    them by default (`stagger_scrapes`). Either way the policy protects the steady tenant."""
+    """Live gateway replicas scrape the backends on their own clocks; the offline front can
+    stagger them (`stagger_scrapes`). Either way the policy protects the steady tenant."""
     wl = _noisy(40.0)
     reports = {}
     for stagger in (True, False):
