@@ -73,6 +73,29 @@ class Admission:
 class RequestOwner:
     """Holds one completion request's resources; `finish()` releases them and settles once."""
 
+    # Slots: one owner is built per request, and its twenty attributes are set and read on the
+    # request path (valgrind counts fewer instructions per request than with an instance dict).
+    __slots__ = (
+        "_finished",
+        "_releases",
+        "_served",
+        "admission",
+        "entered",
+        "fair_ticket",
+        "last_beat",
+        "model",
+        "model_name",
+        "plan",
+        "principal",
+        "progress",
+        "region",
+        "request_id",
+        "route",
+        "rt",
+        "started",
+        "tenant",
+    )
+
     def __init__(self, rt: Runtime, request_id: str) -> None:
         self.rt = rt
         self.request_id = request_id

@@ -40,10 +40,6 @@ def _fields(reply: Any) -> dict[bytes, Any]:
     return dict(zip(reply[::2], reply[1::2], strict=True))
 
 
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 @dataclass(slots=True)
 class Decision:
     """What admit.lua decided for one request."""
@@ -192,7 +188,7 @@ class Limiter:
         )
         return Decision(
             allowed=int(f[b"allowed"]) == 1,
-            limit=_text(f[b"limit"]),  # type: ignore[arg-type]
+            limit=f[b"limit"].decode(),
             requests_limit=plan.requests_per_minute,
             requests_remaining=max(0, int(f[b"requests_remaining"])),
             requests_reset_s=float(f[b"requests_reset_s"]),
@@ -203,7 +199,7 @@ class Limiter:
             limit_value=int(f[b"limit_value"]),
             used=float(f[b"used"]),
             requested=float(f[b"requested"]),
-            month=_text(f[b"month"]),
+            month=f[b"month"].decode(),
             quota_remaining=plan.tokens_per_month - int(f[b"quota_used"]),
         )
 

@@ -26,6 +26,10 @@ from gateway.errors import NoBackendInRegion
 from gateway.prefixroute import PrefixAffinity
 
 
+def _outstanding(b: Backend) -> int:
+    return b.outstanding
+
+
 class Backend:
     __slots__ = ("down_until", "outstanding", "region", "url")
 
@@ -114,12 +118,14 @@ class BackendPool:
         now = self._clock()
         candidates = [b for b in group if b not in exclude] or group
         up = [b for b in candidates if b.down_until <= now] or candidates
+        if self.affinity is None:
+            return up[0] if len(up) == 1 else min(up, key=_outstanding)
         return self._choose(up, body)
 
     def _choose(self, up: list[Backend], body: bytes) -> Backend:
         if self.affinity is not None and body and len(up) > 1:
             return self.affinity.choose(up, self.affinity.blocks(body))
-        return min(up, key=lambda b: b.outstanding)
+        return min(up, key=_outstanding)
 
     def mark_down(self, backend: Backend) -> None:
         backend.down_until = self._clock() + self._down_s

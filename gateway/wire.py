@@ -76,11 +76,16 @@ def _json_depth_over(body: Any, limit: int) -> bool:
     return False
 
 
-def _content_bytes(content: Any, where: str) -> int:
+def _content_bytes(content: Any, i: int) -> int:
+    """UTF-8 bytes of message i's content (its field name is built only for an error)."""
     if content is None:
         return 0
     if isinstance(content, str):
-        return _utf8_len(content, where)
+        try:
+            return len(content.encode())
+        except UnicodeEncodeError:
+            return _utf8_len(content, f"messages.{i}.content")  # raises, naming the field
+    where = f"messages.{i}.content"
     if isinstance(content, list):
         total = 0
         for j, part in enumerate(content):
@@ -112,7 +117,7 @@ def _prompt_bytes_chat(body: dict[str, Any]) -> int:
             raise UnprocessableRequest(
                 f"'messages.{i}' must be an object with a string 'role'.", param=f"messages.{i}"
             )
-        total += _content_bytes(m.get("content"), f"messages.{i}.content")
+        total += _content_bytes(m.get("content"), i)
     return total
 
 
