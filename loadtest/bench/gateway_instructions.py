@@ -1,7 +1,8 @@
 """Instructions the gateway executes per request, counted by valgrind: the same on a busy machine.
 
     git worktree add /tmp/gw-before 949a299
-    .venv/bin/python -m loadtest.bench.gateway_instructions /tmp/gw-before .      # needs valgrind
+    .venv/bin/python -m loadtest.bench.gateway_instructions /tmp/gw-before . \
+        --out docs/results/gateway-instructions.md                                   # needs valgrind
 
 Why this exists: CPU per request in gateway_overhead.py is process CPU time over a rate step, and
 on a shared 2-core VM one row moves by 20-30 points between runs, so a 10 % target cannot be
@@ -26,7 +27,7 @@ import argparse
 import asyncio
 import json
 import os
-import re
+import platform
 import shutil
 import subprocess
 import sys
@@ -91,7 +92,9 @@ def _wait_dump(out_prefix: str, pid: int, n: int, timeout_s: float = 60.0) -> Pa
     raise TimeoutError(f"callgrind dump {path} not written within {timeout_s:.0f}s")
 
 
-def count(checkout: Path, args: argparse.Namespace, cfg: Path, env: dict[str, str], work: Path) -> Count:
+def count(
+    checkout: Path, stream: bool, args: argparse.Namespace, cfg: Path, env: dict[str, str], work: Path
+) -> Count:
     port = free_port()
     prefix = str(work / f"callgrind-{port}")
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}.%p", sys.executable]
@@ -114,7 +117,7 @@ def count(checkout: Path, args: argparse.Namespace, cfg: Path, env: dict[str, st
             timeout=60,
         ).json()["key"]
         chat = f"{url}/v1/chat/completions"
-        asyncio.run(open_loop(chat, key, args.rate, 30 / args.rate, args.stream))  # warm-up
+        asyncio.run(open_loop(chat, key, args.rate, 30 / args.rate, stream))  # warm-up
         _control("--zero", str(child.pid))
         t = time.monotonic()
         time.sleep(args.idle_s)
@@ -124,7 +127,7 @@ def count(checkout: Path, args: argparse.Namespace, cfg: Path, env: dict[str, st
         _control("--zero", str(child.pid))
         t = time.monotonic()
         _, _, sent, errors, _ = asyncio.run(
-            open_loop(chat, key, args.rate, args.requests / args.rate, args.stream)
+            open_loop(chat, key, args.rate, args.requests / args.rate, stream)
         )
         _control("--dump=load", str(child.pid))
         load_s = time.monotonic() - t
@@ -138,7 +141,7 @@ def count(checkout: Path, args: argparse.Namespace, cfg: Path, env: dict[str, st
     return Count(
         checkout=str(checkout),
         commit=_commit(checkout),
-        stream=args.stream,
+        stream=stream,
         requests=requests,
         load_s=round(load_s, 2),
         idle_ir_per_s=round(idle_per_s),
@@ -149,18 +152,20 @@ def count(checkout: Path, args: argparse.Namespace, cfg: Path, env: dict[str, st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkouts", nargs="+", type=Path, help="checkouts to count (the first is the reference)")
-    ap.add_argument("--stream", action="store_true", help="streaming requests (default: non-streaming)")
+    ap.add_argument("--modes", default="nonstream,stream", help="nonstream, stream or both")
     ap.add_argument("--rate", type=float, default=10.0, help="requests per second (valgrind is slow)")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--idle-s", type=float, default=20.0, help="seconds of idle counted apart")
     ap.add_argument("--repeat", type=int, default=1, help="runs per checkout, interleaved")
     ap.add_argument("--json", type=Path, default=None, help="append the counts here (JSON lines)")
+    ap.add_argument("--out", type=Path, default=None, help="write a Markdown report here")
     args = ap.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         sys.exit("valgrind is not installed: apt-get install valgrind")
     for c in args.checkouts:
         if not (c / "gateway" / "__main__.py").exists():
             sys.exit(f"{c} is not a servelab checkout (no gateway/__main__.py)")
+    load_at_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="gw-ir-"))
     rs = start_redis(work / "redis")
     up = None
@@ -184,31 +189,63 @@ def main() -> None:
             "SERVELAB_LOG_LEVEL": "warning",
             "SERVELAB_SPOOL_DIR": str(work / "spool"),
         }
-        for _ in range(args.repeat):
-            for checkout in args.checkouts:
-                c = count(checkout.resolve(), args, cfg, env, work)
-                counts.append(c)
-                print(json.dumps(asdict(c)), flush=True)
-                if args.json:
-                    with args.json.open("a") as f:
-                        f.write(json.dumps(asdict(c)) + "\n")
+        for stream in [m == "stream" for m in args.modes.split(",")]:
+            for _ in range(args.repeat):
+                for checkout in args.checkouts:
+                    c = count(checkout.resolve(), stream, args, cfg, env, work)
+                    counts.append(c)
+                    print(json.dumps(asdict(c)), flush=True)
+                    if args.json:
+                        with args.json.open("a") as f:
+                            f.write(json.dumps(asdict(c)) + "\n")
     finally:
         if up is not None:
             up.stop()
         rs.stop()
-    ref = [c for c in counts if c.checkout == str(args.checkouts[0].resolve())]
-    base = sorted(c.ir_per_request for c in ref)[len(ref) // 2]
-    mode = "streaming" if args.stream else "non-streaming"
-    load = os.getloadavg()[0]
-    print(
-        f"\n{mode}, {args.requests} requests at {args.rate:g} req/s under callgrind, load average {load:.2f}"
-    )
-    print(f"{'checkout':40} {'commit':16} {'Ir/request':>12} {'vs first':>9} {'idle Ir/s':>12}")
-    for c in counts:
-        print(
-            f"{re.sub(r'^.*/', '', c.checkout)[:40]:40} {c.commit:16} {c.ir_per_request:12,} "
-            f"{100 * (c.ir_per_request / base - 1):+8.1f}% {c.idle_ir_per_s:12,}"
-        )
+    text = report(counts, args, load_at_start)
+    print("\n" + text)
+    if args.out:
+        args.out.write_text(text)
+        print(f"wrote {args.out}")
+
+
+def report(counts: list[Count], args: argparse.Namespace, load_at_start: tuple[float, ...]) -> str:
+    first = str(args.checkouts[0].resolve())
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        "# Gateway instructions per request",
+        "",
+        f"Measured {when} with (valgrind {_valgrind_version()}, CPython {platform.python_version()}):",
+        "",
+        "    .venv/bin/python -m loadtest.bench.gateway_instructions "
+        + " ".join(str(c) for c in args.checkouts)
+        + f" --modes {args.modes} --rate {args.rate:g} --requests {args.requests} --idle-s {args.idle_s:g}"
+        + (f" --repeat {args.repeat}" if args.repeat > 1 else "")
+        + (f" --out {args.out}" if args.out else ""),
+        "",
+        f"Load average at the start {load_at_start[0]:.2f} and at the end {os.getloadavg()[0]:.2f} (1 min); "
+        "the counts do not depend on it. Ir = instructions executed in user space by the gateway "
+        "process; per request = (Ir under load - idle Ir/s x load seconds) / requests.",
+        "",
+        "| mode | checkout | commit | Ir per request | vs the first checkout | idle Ir per second |",
+        "|---|---|---|---|---|---|",
+    ]
+    for stream in (False, True):
+        rows = [c for c in counts if c.stream == stream]
+        ref = sorted(c.ir_per_request for c in rows if c.checkout == first)
+        base = ref[len(ref) // 2] if ref else None
+        for c in rows:
+            change = f"{100 * (c.ir_per_request / base - 1):+.1f} %" if base else "–"
+            lines.append(
+                f"| {'streaming' if stream else 'non-streaming'} | {c.checkout} | {c.commit} "
+                f"| {c.ir_per_request:,} | {change} | {c.idle_ir_per_s:,} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _valgrind_version() -> str:
+    out = subprocess.run(["valgrind", "--version"], capture_output=True, text=True)
+    return out.stdout.strip().removeprefix("valgrind-")
 
 
 if __name__ == "__main__":
