@@ -434,6 +434,7 @@ class LiveRun:
     queue_wait: dict[str, tuple[float, float]]  # tenant -> (mean, p95 bucket bound) in the gateways
     engine_queue_mean_s: float  # vllm:request_queue_time_seconds over all requests, both engines
     engine_ttft_mean_s: float
+    engine_lateness_mean_s: float  # how late the simulated engines' steps ended (CPU contention)
     goodput: list[float]  # per tier of workload P (chat, api, bulk); empty for other workloads
 
 
@@ -578,9 +579,13 @@ def live_run(
         for gw in gws:
             gw.stop()
     waits = _histograms(gw_text, "servelab_gateway_queue_wait_seconds", "tenant")
-    eq, et = (
+    eq, et, late = (
         _since(_histograms(be_text, name), _histograms(be_before, name))
-        for name in ("vllm:request_queue_time_seconds", "vllm:time_to_first_token_seconds")
+        for name in (
+            "vllm:request_queue_time_seconds",
+            "vllm:time_to_first_token_seconds",
+            "servelab_sim_step_lateness_seconds",
+        )
     )
     return LiveRun(
         report(records, wl, warmup_s, backlogged=backlogged, client_timeout_s=CLIENT_TIMEOUT_S),
@@ -589,6 +594,7 @@ def live_run(
         {t: _mean_p95(h) for t, h in waits.items()},
         _mean_p95(eq)[0],
         _mean_p95(et)[0],
+        _mean_p95(late)[0],
         _goodput(records, warmup_s, wl.duration_s) if "chat" in tenant_plan else [],
     )
 
@@ -822,17 +828,22 @@ def live_lines(
         lines.append(f"| {front} | {name} | {_s(a)} | {_s(b)} | {rel} | {old} |")
     lines += [
         "",
-        "Per replay (VTC front; steady p50 / p95 over the three steady tenants of that replay):",
+        "Per replay (VTC front; steady p50 / p95 over the three steady tenants of that replay; the "
+        "machine's load average and how late the simulated engines' steps ended, since the live "
+        "backends run in real time on the CPUs the gateways and the load generator share):",
         "",
-        "| replay (seed) | live worst steady p95 | simulated | live steady p50 / p95 | simulated |",
-        "|---|---|---|---|---|",
+        "| replay (seed) | live worst steady p95 | simulated | live steady p50 / p95 | simulated | "
+        "load average start / end | engine step lateness mean ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for seed in sorted(live_r):
         lv, sm = live_r[seed], sim_r[seed]
+        lr = runs["vtc" if seed == 0 else f"vtc-r{seed}"]
         lines.append(
             f"| {seed} | {_s(_steady_p95(lv))} | {_s(_steady_p95(sm))} | "
             f"{_s(pooled_ttft_pct([lv], 'steady', 50))} / {_s(pooled_ttft_pct([lv], 'steady', 95))} | "
-            f"{_s(pooled_ttft_pct([sm], 'steady', 50))} / {_s(pooled_ttft_pct([sm], 'steady', 95))} |"
+            f"{_s(pooled_ttft_pct([sm], 'steady', 50))} / {_s(pooled_ttft_pct([sm], 'steady', 95))} | "
+            f"{lr.load_avg[0]:.1f} / {lr.load_avg[1]:.1f} | {lr.engine_lateness_mean_s * 1000:.1f} |"
         )
     lines += ["", "![live vtc](fairness/live-a-vtc.png)", "![live fcfs](fairness/live-a-fcfs.png)", ""]
     if "p" in runs:
