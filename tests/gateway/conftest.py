@@ -91,12 +91,14 @@ def _stacks(server: _ThreadServer, thread: threading.Thread) -> str:
     return out.getvalue()
 
 
-# Shutdown: uvicorn waits this long for running requests, then cancels them and runs the
-# lifespan's shutdown; the thread must be gone well within the join timeout. A thread left
-# running keeps its event loop (and redis-py's reconnect jitter, which draws from the global
-# `random`) alive under later tests.
-_GRACEFUL_SHUTDOWN_S = 5
-_JOIN_TIMEOUT_S = 15.0
+# Shutdown: uvicorn lets running requests finish for up to this long, then cancels them and
+# runs the lifespan's shutdown; the thread must be gone within the join timeout, or the test
+# fails. Some tests end with long streams still running (test_fairness_gateway's backlog: about
+# 8 s); cancelling those leaves their upstream sockets to the garbage collector, whose
+# ResourceWarning then fails a later test. A thread left running keeps its event loop (and
+# redis-py's reconnect jitter, which draws from the global `random`) alive under later tests.
+_GRACEFUL_SHUTDOWN_S = 30
+_JOIN_TIMEOUT_S = 45.0
 
 
 @pytest.fixture
