@@ -64,6 +64,21 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """A Sentinel-managed pool that waits for a free connection, as the direct pool does."""
 
 
+async def _stop(task: asyncio.Task[Any]) -> None:
+    """Cancel a background loop and wait until it is gone, cancelling again while it runs.
+
+    One cancel is not enough on Python 3.11: `asyncio.wait_for` (which redis-py wraps around
+    every command when a socket timeout is set) returns normally instead of raising when the
+    cancel arrives just as the awaited call completes, and the loop carries on into its next
+    tick. A loop that swallowed the cancel kept a gateway's shutdown waiting forever.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("Background task %s ended with an error", task.get_name(), exc_info=task.exception())
+
+
 def _redis_clients(settings: GatewaySettings, target: RedisTarget) -> tuple[Redis, Redis, Sentinel | None]:
     """The pooled client, the pub/sub client and (with Sentinel) the Sentinel manager.
 
@@ -254,19 +269,10 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
         try:
             yield
         finally:
-            follower.cancel()
-            rollout_task.cancel()
-            fairness_task.cancel()
-            maintainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await maintainer
+            await _stop(maintainer)
             rt.spool.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
-            with contextlib.suppress(asyncio.CancelledError):
-                await rollout_task
-            with contextlib.suppress(asyncio.CancelledError):
-                await fairness_task
+            for task in (follower, rollout_task, fairness_task):
+                await _stop(task)
             await rollouts.release()
             await session.close()
             await upstream.close()
@@ -274,9 +280,7 @@ def create_app(settings: GatewaySettings, config: GatewayConfig | None = None) -
             await subscriber.aclose()
             await redis.aclose(close_connection_pool=True)
             if watch_task is not None:
-                watch_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watch_task
+                await _stop(watch_task)
             if sentinel is not None:
                 await sentinel.aclose()
 
