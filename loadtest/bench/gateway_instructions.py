@@ -159,6 +159,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs per checkout, interleaved")
     ap.add_argument("--json", type=Path, default=None, help="append the counts here (JSON lines)")
     ap.add_argument("--out", type=Path, default=None, help="write a Markdown report here")
+    ap.add_argument("--fairness", action="store_true", help="a fair queue that never saturates")
     args = ap.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         sys.exit("valgrind is not installed: apt-get install valgrind")
@@ -182,7 +183,7 @@ def main() -> None:
         up_url = f"http://127.0.0.1:{up_port}"
         wait_http_ok(f"{up_url}/health", 20, up.popen)
         cfg = work / "gateway.yaml"
-        cfg.write_text(yaml.safe_dump(bench_config(up_url)))
+        cfg.write_text(yaml.safe_dump(bench_config(up_url, fairness=args.fairness)))
         env = {
             "REDIS_URL": rs.url,
             "SERVELAB_ADMIN_TOKEN": ADMIN,
@@ -221,6 +222,7 @@ def report(counts: list[Count], args: argparse.Namespace, load_at_start: tuple[f
         + " ".join(str(c) for c in args.checkouts)
         + f" --modes {args.modes} --rate {args.rate:g} --requests {args.requests} --idle-s {args.idle_s:g}"
         + (f" --repeat {args.repeat}" if args.repeat > 1 else "")
+        + (" --fairness" if args.fairness else "")
         + (f" --out {args.out}" if args.out else ""),
         "",
         f"Load average at the start {load_at_start[0]:.2f} and at the end {os.getloadavg()[0]:.2f} (1 min); "

@@ -116,8 +116,19 @@ def serve_lean(port: int, upstream: str, redis_url: str) -> None:
     )
 
 
-def bench_config(upstream_url: str) -> dict[str, object]:
-    """The gateway config every overhead benchmark uses: one tenant whose limits never bind."""
+def bench_config(upstream_url: str, fairness: bool = False) -> dict[str, object]:
+    """The gateway config every overhead benchmark uses: one tenant whose limits never bind.
+
+    `fairness` adds the model's fair queue with engine slots the load never fills (a saturation
+    detector that scrapes the upstream, a queue that never engages): the hot path of a fair but
+    unsaturated model."""
+    model: dict[str, object] = {
+        "backends": [upstream_url],
+        "input_price_per_million_usd": 0.5,
+        "output_price_per_million_usd": 1.5,
+    }
+    if fairness:
+        model["fairness"] = {"max_num_seqs": 100_000}
     return {
         "plans": {
             "bench": {
@@ -129,13 +140,7 @@ def bench_config(upstream_url: str) -> dict[str, object]:
             }
         },
         "tenants": {"bench": {"plan": "bench"}},
-        "models": {
-            MODEL: {
-                "backends": [upstream_url],
-                "input_price_per_million_usd": 0.5,
-                "output_price_per_million_usd": 1.5,
-            }
-        },
+        "models": {MODEL: model},
     }
 
 
@@ -291,6 +296,11 @@ def main() -> None:
         help="passes over the fixed rates, every target interleaved in each pass; tables show medians "
         "and the before/after CPU comparison uses the median of the per-pass ratios",
     )
+    ap.add_argument(
+        "--fairness",
+        action="store_true",
+        help="give the model a fair queue that never saturates (the baseline must understand it too)",
+    )
     ap.add_argument("--report-from", type=Path, default=None, help="re-render the report from --json output")
     ap.add_argument(
         "--serve-lean", nargs=3, metavar=("PORT", "UPSTREAM", "REDIS_URL"), help=argparse.SUPPRESS
@@ -323,7 +333,7 @@ def main() -> None:
         children.append(up)
         up_url = f"http://127.0.0.1:{up_port}"
         wait_http_ok(f"{up_url}/health", 20, up.popen)
-        cfg = bench_config(up_url)
+        cfg = bench_config(up_url, fairness=args.fairness)
         (work / "gateway.yaml").write_text(yaml.safe_dump(cfg))
         gw_env = {
             "REDIS_URL": rs.url,
@@ -600,6 +610,7 @@ def report(results: list[RunResult], args: argparse.Namespace, measured_at: floa
         )
         + (f" --repeat {args.repeat}" if getattr(args, "repeat", 1) > 1 else "")
         + (" --lean" if args.lean else "")
+        + (" --fairness" if getattr(args, "fairness", False) else "")
         + (f" --baseline {args.baseline}" if getattr(args, "baseline", None) else "")
         + f" --out {args.out}",
         "",
