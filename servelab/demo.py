@@ -114,13 +114,24 @@ def serving(console: Console, ctx: Context, replicas: int, seconds: float) -> li
     ]
 
 
-def metering(ctx: Context) -> list[Check]:
-    """Tokens the gateway metered (Redis, every tenant) against the tokens the engines report."""
+def metered_totals(ctx: Context) -> dict[str, int]:
+    """Prompt and completion tokens metered so far (Redis, every tenant, this month)."""
     metered = {"prompt_tokens": 0, "completion_tokens": 0}
     for tenant in ctx.info["keys"]:
         totals = ctx.usage_totals(tenant)
         for k in metered:
             metered[k] += totals[k]
+    return metered
+
+
+def metering(ctx: Context, before: dict[str, int]) -> list[Check]:
+    """Tokens the gateway metered during this demo against the tokens its fresh engines report.
+
+    Metered is counted from `before` (taken as the stack came up): the stack's Redis keeps its
+    append-only file in the run folder, so a second demo in the same folder starts with the
+    first one's usage (its engines start from zero)."""
+    now = metered_totals(ctx)
+    metered = {k: now[k] - before[k] for k in now}
     engines = [pp.scrape(u + "/metrics") for u in ctx.running_backends()]
     prompt = sum(s.value("vllm:prompt_tokens_total") for s in engines)
     gen = sum(s.value("vllm:generation_tokens_total") for s in engines)
@@ -153,6 +164,7 @@ def run_demo(run_dir: Path, seconds: float = 40.0) -> bool:
         _show(stack.info)
         stack_state = StackControl(cfg.state_dir.resolve())
         ctx = Context(stack_state, short=True, console=console)
+        metered_before = metered_totals(ctx)
         verdicts: list[tuple[str, list[Check]]] = [("serving", serving(console, ctx, cfg.backends, seconds))]
         show("serving", verdicts[-1][1], console)
 
@@ -167,7 +179,7 @@ def run_demo(run_dir: Path, seconds: float = 40.0) -> bool:
             )
             verdicts.append((name, checks))
             show(name, checks, console)
-        verdicts.append(("metering", metering(ctx)))
+        verdicts.append(("metering", metering(ctx, metered_before)))
         show("metering", verdicts[-1][1], console)
 
     ok = all(c.ok for _, checks in verdicts for c in checks)
