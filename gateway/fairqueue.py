@@ -47,6 +47,15 @@ class Ticket:
     boost: bool = False  # sent ahead of a backlog beyond the free slots: use `boosted_priority`
 
 
+@dataclass
+class Waiter:
+    """A request parked in the queue by `FairQueue.enter`; `FairQueue.wait` awaits its slot."""
+
+    pending: Pending
+    fut: asyncio.Future[None]
+    enqueued_s: float
+
+
 class FairQueue:
     """At most `capacity` requests in flight; the rest wait in the policy's order."""
 
@@ -100,6 +109,24 @@ class FairQueue:
         `cost` is the reservation (legacy callers charge it provisionally); `input_estimate` the
         prompt estimate charged at dispatch and trued up by `release`.
         """
+        entered = self.enter(
+            tenant, cost, weight, share=share, input_estimate=input_estimate, deadline_s=deadline_s
+        )
+        return entered if isinstance(entered, Ticket) else await self.wait(entered)
+
+    def enter(
+        self,
+        tenant: str,
+        cost: float,
+        weight: float = 1.0,
+        *,
+        share: Share | None = None,
+        input_estimate: float | None = None,
+        deadline_s: float | None = None,
+    ) -> Ticket | Waiter:
+        """`acquire` without the await: a Ticket when the request may go now (the common case of an
+        unsaturated model, with no coroutine, task or timer), else its place in the queue, already
+        registered, for `wait`. Raises QueueFull or Refused at once."""
         share = share or Share(weight=weight, max_queue_s=math.inf if deadline_s is None else 1e9)
         now = self.clock()
         self._seq += 1
@@ -118,19 +145,25 @@ class FairQueue:
             key = (tenant, share.tier, "shed" if verdict.action == "shed" else "deadline")
             self.refused[key] = self.refused.get(key, 0) + 1
             raise Refused(verdict)
+        # Registered before returning, so a `pump` between this and `wait` finds the future.
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._futures[id(pending)] = fut
         self._arm_expiry()
+        return Waiter(pending, fut, now)
+
+    async def wait(self, w: Waiter) -> Ticket:
+        """Wait for a queued request's slot (`enter`'s Waiter); a cancelled waiter leaves the queue
+        uncharged, or gives back the slot it was granted as it was cancelled."""
         try:
-            await fut
+            await w.fut
         except asyncio.CancelledError:
-            self._futures.pop(id(pending), None)
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.release(Ticket(pending, self._provisional(pending), 0.0))  # granted, unused
+            self._futures.pop(id(w.pending), None)
+            if w.fut.done() and not w.fut.cancelled() and w.fut.exception() is None:
+                self.release(Ticket(w.pending, self._provisional(w.pending), 0.0))  # granted, unused
             else:
-                self.policy.cancel(pending)
+                self.policy.cancel(w.pending)
             raise
-        return Ticket(pending, self._provisional(pending), self.clock() - now)
+        return Ticket(w.pending, self._provisional(w.pending), self.clock() - w.enqueued_s)
 
     def _provisional(self, pending: Pending) -> float:
         return pending.input_estimate / pending.share.weight

@@ -206,9 +206,12 @@ class RequestOwner:
         prompt = self.admission.prompt_estimate if self.admission else cost
         t = time.perf_counter()
         try:
-            ticket = await asyncio.wait_for(
-                queue.acquire(self.tenant, cost, share=share, input_estimate=prompt, deadline_s=deadline),
-                max_queue_s,
+            # Not saturated (the usual case): `enter` grants the slot at once, with no task or timer.
+            entered = queue.enter(self.tenant, cost, share=share, input_estimate=prompt, deadline_s=deadline)
+            ticket = (
+                entered
+                if isinstance(entered, Ticket)
+                else await asyncio.wait_for(queue.wait(entered), max_queue_s)
             )
         except Refused as exc:
             v = exc.verdict
