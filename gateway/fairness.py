@@ -120,6 +120,9 @@ class Verdict:
     boost: bool = False  # dispatch beyond the free slots, with `boosted_priority` in the engine
 
 
+DISPATCH = Verdict("dispatch")  # immutable: one object serves every unsaturated arrival
+
+
 class VirtualTokenCounter:
     """Per-tenant counters of weighted service received, with lift on activation.
 
@@ -263,7 +266,7 @@ class FairPolicy:
         the backlogged tenants' requests (`Verdict.boost`: send it with `boosted_priority`).
         """
         if free_slots > 0 and self._depth == 0:
-            return Verdict("dispatch")  # the hot path: nothing queued, a slot free
+            return DISPATCH  # the hot path: nothing queued, a slot free
         if free_slots > -overdispatch and self.ahead_of_backlog(req.tenant, req.share):
             return Verdict("dispatch", boost=True)
         wait = self.predicted_wait_s(req.tenant, req.share)

@@ -180,7 +180,8 @@ class FairQueue:
             self.policy.finished(
                 p.tenant, p.share, input_tokens, output_tokens, ticket.provisional, self.clock()
             )
-        self.pump()
+        if self.policy.depth:  # a freed slot matters only to a waiter (and expiry only to waiters)
+            self.pump()
 
     def pump(self) -> None:
         """Hand free slots to waiters in policy order (also call it when the free slots grow)."""
