@@ -28,8 +28,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from loadtest.bench.gateway_overhead import ADMIN, MODEL, bench_config, open_loop
-from servelab.procs import free_port, python_module, start, wait_http_ok
+from loadtest.bench.gateway_overhead import ADMIN, bench_config, gateway_env, open_loop, start_upstream
+from servelab.procs import free_port, start, wait_http_ok
 from servelab.redisproc import start_redis
 
 Calls = Counter[tuple[str, int, str]]
@@ -136,24 +136,10 @@ def main() -> None:
     rs = start_redis(work / "redis")
     up = None
     try:
-        up_port = free_port()
-        up = start(
-            "upstream",
-            python_module(
-                "loadtest.bench.upstream", "--port", str(up_port), "--tokens", "16", "--model", MODEL
-            ),
-            log_path=work / "upstream.log",
-        )
-        up_url = f"http://127.0.0.1:{up_port}"
-        wait_http_ok(f"{up_url}/health", 20, up.popen)
+        up, up_url = start_upstream(work)
         cfg = work / "gateway.yaml"
         cfg.write_text(yaml.safe_dump(bench_config(up_url)))
-        env = {
-            "REDIS_URL": rs.url,
-            "SERVELAB_ADMIN_TOKEN": ADMIN,
-            "SERVELAB_LOG_LEVEL": "warning",
-            "SERVELAB_SPOOL_DIR": str(work / "spool"),
-        }
+        env = gateway_env(rs.url, work)
         here = (args.checkout or Path.cwd()).resolve()
         after = measure(args.checkout.resolve() if args.checkout else None, args, cfg, env, work)
         before = measure(args.baseline.resolve(), args, cfg, env, work) if args.baseline else {}

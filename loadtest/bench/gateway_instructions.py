@@ -39,8 +39,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from loadtest.bench.gateway_overhead import ADMIN, MODEL, bench_config, open_loop
-from servelab.procs import free_port, python_module, start, wait_http_ok
+from loadtest.bench.gateway_overhead import ADMIN, bench_config, gateway_env, open_loop, start_upstream
+from servelab.procs import free_port, start, wait_http_ok
 from servelab.redisproc import start_redis
 
 
@@ -172,24 +172,10 @@ def main() -> None:
     up = None
     counts: list[Count] = []
     try:
-        up_port = free_port()
-        up = start(
-            "upstream",
-            python_module(
-                "loadtest.bench.upstream", "--port", str(up_port), "--tokens", "16", "--model", MODEL
-            ),
-            log_path=work / "upstream.log",
-        )
-        up_url = f"http://127.0.0.1:{up_port}"
-        wait_http_ok(f"{up_url}/health", 20, up.popen)
+        up, up_url = start_upstream(work)
         cfg = work / "gateway.yaml"
         cfg.write_text(yaml.safe_dump(bench_config(up_url, fairness=args.fairness)))
-        env = {
-            "REDIS_URL": rs.url,
-            "SERVELAB_ADMIN_TOKEN": ADMIN,
-            "SERVELAB_LOG_LEVEL": "warning",
-            "SERVELAB_SPOOL_DIR": str(work / "spool"),
-        }
+        env = gateway_env(rs.url, work)
         for stream in [m == "stream" for m in args.modes.split(",")]:
             for _ in range(args.repeat):
                 for checkout in args.checkouts:

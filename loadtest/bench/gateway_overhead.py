@@ -116,6 +116,29 @@ def serve_lean(port: int, upstream: str, redis_url: str) -> None:
     )
 
 
+def start_upstream(work: Path) -> tuple[Child, str]:
+    """The fast upstream every overhead benchmark uses (16 tokens, no delay), ready; and its URL."""
+    port = free_port()
+    up = start(
+        "upstream",
+        python_module("loadtest.bench.upstream", "--port", str(port), "--tokens", "16", "--model", MODEL),
+        log_path=work / "upstream.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http_ok(f"{url}/health", 20, up.popen)
+    return up, url
+
+
+def gateway_env(redis_url: str, work: Path) -> dict[str, str]:
+    """Environment of a benchmarked gateway process: its Redis, admin token and spool."""
+    return {
+        "REDIS_URL": redis_url,
+        "SERVELAB_ADMIN_TOKEN": ADMIN,
+        "SERVELAB_LOG_LEVEL": "warning",
+        "SERVELAB_SPOOL_DIR": str(work / "spool"),
+    }
+
+
 def bench_config(upstream_url: str, fairness: bool = False) -> dict[str, object]:
     """The gateway config every overhead benchmark uses: one tenant whose limits never bind.
 
@@ -322,25 +345,12 @@ def main() -> None:
     children: list[Child] = []
     rs = start_redis(work / "redis")
     try:
-        up_port, gw_port = free_port(), free_port()
-        up = start(
-            "upstream",
-            python_module(
-                "loadtest.bench.upstream", "--port", str(up_port), "--tokens", "16", "--model", MODEL
-            ),
-            log_path=work / "upstream.log",
-        )
+        gw_port = free_port()
+        up, up_url = start_upstream(work)
         children.append(up)
-        up_url = f"http://127.0.0.1:{up_port}"
-        wait_http_ok(f"{up_url}/health", 20, up.popen)
         cfg = bench_config(up_url, fairness=args.fairness)
         (work / "gateway.yaml").write_text(yaml.safe_dump(cfg))
-        gw_env = {
-            "REDIS_URL": rs.url,
-            "SERVELAB_ADMIN_TOKEN": ADMIN,
-            "SERVELAB_LOG_LEVEL": "warning",
-            "SERVELAB_SPOOL_DIR": str(work / "spool"),
-        }
+        gw_env = gateway_env(rs.url, work)
         gw = start(
             "gateway",
             python_module("gateway", "--config", str(work / "gateway.yaml"), "--port", str(gw_port)),
