@@ -18,8 +18,10 @@ so the test can check the screen against its own scrapes of the same window.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import math
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -305,6 +307,9 @@ def run(targets: Targets, window_s: float, refresh_s: float, frames: int = 0) ->
     from rich.console import Console
     from rich.live import Live
 
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: how a top that does not quit
+    # shows where it is stuck (the pty test sends it when Ctrl-C has not ended top in time).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     urls = [*targets.gateways, *targets.backends]
     history: deque[dict[str, Snapshot]] = deque()
     events = EventLog()

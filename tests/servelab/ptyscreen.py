@@ -85,6 +85,17 @@ class PtyScreen:
         deadline = time.monotonic() + timeout_s
         while self.proc.poll() is None and time.monotonic() < deadline:
             self.pump()
+        if self.proc.poll() is None:
+            # Still running: ask for its threads' stacks (servelab top registers SIGUSR1 with
+            # faulthandler) so the failure says where it is stuck.
+            os.kill(self.proc.pid, signal.SIGUSR1)
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:
+                self.pump()
+            raise AssertionError(
+                f"still running {timeout_s:.0f}s after Ctrl-C; its output, stacks last:\n"
+                + self.raw[-6000:].decode(errors="replace")
+            )
         return self.proc.wait(timeout=1)
 
     def close(self) -> None:
