@@ -219,9 +219,8 @@ async def _completions(
     out_headers = {"x-request-id": req.request_id, "x-servelab-version": assigned.version}
     out_headers.update(await req.admit(tokens.reserve, preq.prompt_tokens_estimate, tokens.need))
     deadline_ms = _deadline_ms(headers.get(DEADLINE_HEADER))
-    waited = 0.0
-    if preq.model in rt.queues:  # only a model with a fair queue may wait (when it is saturated)
-        waited = await req.wait_for_slot(tokens.reserve, deadline_ms)
+    queue = rt.queues.get(preq.model)  # only a model with a fair queue may wait (when saturated)
+    waited = 0.0 if queue is None else await req.wait_for_slot(queue, tokens.reserve, deadline_ms)
     if req.fair_ticket is not None and req.fair_ticket.boost:
         up_body = _boosted_body(up_body, preq, plan, model)
     t_up = time.perf_counter()

@@ -47,7 +47,7 @@ from gateway.errors import (
     rejection,
 )
 from gateway.fairness import Share, weighted_service
-from gateway.fairqueue import QueueFull, QueueTimeout, Refused, Ticket
+from gateway.fairqueue import FairQueue, QueueFull, QueueTimeout, Refused, Ticket
 from gateway.metering import micro_to_usd
 from gateway.proxy import UpstreamCall, open_upstream
 from gateway.ratelimit import SettleRecord
@@ -186,8 +186,8 @@ class RequestOwner:
         rt.live.add(self)  # from here on `heartbeats` keeps the lease alive
         return rate_limit_headers(decision)
 
-    async def wait_for_slot(self, cost: int, deadline_ms: float | None = None) -> float:
-        """The fair queue of a saturated model (if it has one); returns the seconds waited.
+    async def wait_for_slot(self, queue: FairQueue, cost: int, deadline_ms: float | None = None) -> float:
+        """Pass the model's fair queue; returns the seconds waited.
 
         Not saturated: returns at once (no I/O). Saturated: a sheddable plan gets 429 and a
         request whose deadline is shorter than the predicted wait 503, both at once with
@@ -195,9 +195,6 @@ class RequestOwner:
         for at most the plan's queue time. The slot goes back with the served tokens in `finish`.
         """
         rt = self.rt
-        queue = rt.queues.get(self.model_name)
-        if queue is None:
-            return 0.0
         plan = self.plan
         assert plan is not None
         max_queue_s = plan.max_queue_s or rt.settings.queue_timeout_s
