@@ -38,7 +38,12 @@ class TenantKeys:
     vtc: str
 
     def done(self, request_id: str) -> str:
-        return f"done:{{{self.tenant}}}:{request_id}"
+        return done_key(self.tenant, request_id)
+
+
+def done_key(tenant: str, request_id: str) -> str:
+    """Set by settle.lua when it meters `request_id`: a replayed or repeated settle meters nothing."""
+    return f"done:{{{tenant}}}:{request_id}"
 
 
 @lru_cache(maxsize=4096)

@@ -56,6 +56,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 import hiredis
@@ -287,7 +289,11 @@ class ScriptConnection:
         return await asyncio.shield(self._connecting)
 
     def _enqueue(self, proto: _Protocol, args: list[Any]) -> asyncio.Future[Any]:
-        """Queue one command on `proto` (written at the end of this loop turn); await the result.
+        """Queue one command on `proto` (written at the end of this loop turn); await the result."""
+        return self._enqueue_packed(proto, pack(args))
+
+    def _enqueue_packed(self, proto: _Protocol, *chunks: bytes) -> asyncio.Future[Any]:
+        """Queue one command already in RESP (its chunks are written in order, back to back).
 
         A lost connection never has a watchdog (`fail` cancels it and it is never re-armed on
         one), so checking for loss only where the watchdog is armed costs the busy path nothing.
@@ -300,7 +306,7 @@ class ScriptConnection:
             proto.watchdog = loop.call_later(self._timeout, self._check, proto, proto.answered)
         fut: asyncio.Future[Any] = loop.create_future()
         proto.pending.append(fut)
-        proto.out.append(pack(args))
+        proto.out.extend(chunks)
         if not proto.flush_scheduled:
             proto.flush_scheduled = True
             loop.call_soon(proto.flush)
@@ -322,13 +328,28 @@ class ScriptConnection:
     async def execute(self, *args: Any) -> Any:
         return await self._enqueue(await self._get(), list(args))
 
-    async def execute_replicated(self, *args: Any) -> Any:
-        """Run one command and `WAIT wait_replicas` in the same write, on the twin connection.
+    def send(self, *chunks: bytes) -> Awaitable[Any]:
+        """Run one command given in RESP; the hot path's call.
+
+        With a live connection (the usual case) the command is queued at once and the reply's
+        future comes back, so a script call costs its caller no coroutine of ours; otherwise a
+        coroutine connects first.
+        """
+        proto = self._proto
+        if proto is not None and not proto.lost:
+            return self._enqueue_packed(proto, *chunks)
+        return self._send_connected(chunks)
+
+    async def _send_connected(self, chunks: tuple[bytes, ...]) -> Any:
+        return await self._enqueue_packed(await self._get(), *chunks)
+
+    async def send_replicated(self, *chunks: bytes) -> Any:
+        """`send`, then `WAIT wait_replicas` in the same write, on the twin connection.
 
         Returns the command's reply; raises NotReplicated when too few replicas acknowledged.
         """
         if self.wait_replicas <= 0:
-            return await self.execute(*args)
+            return await self.send(*chunks)
         if self._twin is None:
             self._twin = ScriptConnection(
                 self._target, connect_timeout_s=self._connect_timeout, command_timeout_s=self._timeout
@@ -337,7 +358,7 @@ class ScriptConnection:
         proto = await twin._get()
         # Both queued now, in this order: WAIT counts the replicas that have every write made
         # before it on this connection, so it must follow the command it is meant to cover.
-        reply_fut = twin._enqueue(proto, list(args))
+        reply_fut = twin._enqueue_packed(proto, *chunks)
         acked_fut = twin._enqueue(proto, ["WAIT", self.wait_replicas, self._wait_ms])
         try:
             reply = await reply_fut  # raises the command's own error first (e.g. NOSCRIPT)
@@ -352,6 +373,13 @@ class ScriptConnection:
             )
         return reply
 
+    async def execute_replicated(self, *args: Any) -> Any:
+        """Run one command and `WAIT wait_replicas` in the same write, on the twin connection.
+
+        Returns the command's reply; raises NotReplicated when too few replicas acknowledged.
+        """
+        return await self.send_replicated(pack(args))
+
     def reset(self, reason: str = "reset") -> None:
         """Drop the connections now (pending calls fail with ConnectionError); the next call reconnects."""
         for conn in (self, self._twin):
@@ -361,6 +389,20 @@ class ScriptConnection:
 
     async def close(self) -> None:
         self.reset("closed by the gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The start of one EVALSHA command in RESP, packed once: the array header, the SHA, the keys
+    and the arguments that do not change between calls (a tenant's keys and plan numbers).
+
+    hiredis formats each argument with `sprintf`; valgrind counted about 1,400 instructions per
+    argument, and the two hot scripts take 53 (docs/results/gateway-instructions.md). A head
+    cached per tenant leaves only the per-request values to pack.
+    """
+
+    resp: bytes
+    tail: int  # arguments each call appends
 
 
 class Script:
@@ -373,14 +415,41 @@ class Script:
         self.conn = conn
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
-        self._run = conn.execute_replicated if durable else conn.execute
+        self.durable = durable
 
     async def load(self) -> None:
         await self.conn.execute("SCRIPT", "LOAD", self.source)
 
+    def _send(self, *chunks: bytes) -> Awaitable[Any]:
+        conn = self.conn
+        if self.durable and conn.wait_replicas > 0:
+            return conn.send_replicated(*chunks)
+        return conn.send(*chunks)
+
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        packed = pack(("EVALSHA", self.sha, len(keys), *keys, *args))
         try:
-            return await self._run("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await self._send(packed)
         except NoScriptError:
             await self.load()
-            return await self._run("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await self._send(packed)
+
+    def head(self, keys: list[str], fixed: list[Any], tail: int, *, tail_keys: int = 0) -> Head:
+        """The cached start of a call with these keys and leading arguments; `tail` more follow,
+        the first `tail_keys` of them keys (then `fixed` must be empty: keys come before args)."""
+        if tail_keys and fixed:
+            raise ValueError("keys in the tail cannot follow fixed arguments")
+        n = 3 + len(keys) + len(fixed) + tail
+        body = pack(("EVALSHA", self.sha, len(keys) + tail_keys, *keys, *fixed))
+        return Head(b"*%d\r\n" % n + body[len(b"*%d\r\n" % (n - tail)) :], tail)
+
+    async def run(self, head: Head, tail: tuple[Any, ...]) -> Any:
+        """Run with `head` (from `head()`) followed by `tail`: exactly `head.tail` arguments."""
+        if len(tail) != head.tail:  # a wrong count would desynchronise the RESP stream
+            raise ValueError(f"script call needs {head.tail} trailing arguments, got {len(tail)}")
+        rest = pack(tail)[len(b"*%d\r\n" % head.tail) :]
+        try:
+            return await self._send(head.resp, rest)
+        except NoScriptError:
+            await self.load()
+            return await self._send(head.resp, rest)

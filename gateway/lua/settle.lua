@@ -13,10 +13,13 @@
 -- KEYS[1]  rl:{tenant}:tok       token bucket (same layout as in admit.lua)
 -- KEYS[2]  quota:{tenant}        monthly quota hash
 -- KEYS[3]  lease:{tenant}        concurrency leases
--- KEYS[4]  done:{tenant}:<rid>   marker: this request id was metered already
--- KEYS[5]  usage:{tenant}        hash {YYYY-MM-DD|model|requests|prompt_tokens|completion_tokens|cost_micro_usd}
--- KEYS[6]  events:{tenant}       stream, one entry per settled request
--- KEYS[7]  inflight:{tenant}     hash {lease id -> json record} (admit.lua)
+-- KEYS[4]  usage:{tenant}        hash {YYYY-MM-DD|model|requests|prompt_tokens|completion_tokens|cost_micro_usd}
+-- KEYS[5]  events:{tenant}       stream, one entry per settled request
+-- KEYS[6]  inflight:{tenant}     hash {lease id -> json record} (admit.lua)
+-- KEYS[7]  vtc:{tenant}          hash {model -> virtual token counter} (fairness, gateway/vtcsync.py)
+-- KEYS[8]  done:{tenant}:<rid>   marker: this request id was metered already
+--          (last: the tenant's other keys are the same on every call, and the gateway packs
+--          them once per tenant; see Head in scriptconn.py)
 -- ARGV[1]  lease id
 -- ARGV[2]  tokens reserved at admission
 -- ARGV[3]  prompt tokens used
@@ -36,7 +39,6 @@
 -- ARGV[17] 1 when a survivor settles a dead replica's request from its last checkpoint, else 0
 -- ARGV[18] model version that served the request ('' when unknown, e.g. recovered)
 -- ARGV[19] region of the backend that served it ('' when none was reached or it has no region)
--- KEYS[8]  vtc:{tenant}          hash {model -> virtual token counter} (fairness, gateway/vtcsync.py)
 -- ARGV[20] fair-queue charge: (prompt + 2 x completion) / plan weight, decimal string; '0' when
 --          the model has no fair queue or nothing was served (an unserved request is never charged)
 -- ARGV[21] the counter's floor: the lift the fair queue applied when the tenant became active;
@@ -64,7 +66,7 @@ local reserved = tonumber(ARGV[2])
 local month = ARGV[7]
 local release = ARGV[22] == '1'
 if release then
-  local rec = redis.call('HGET', KEYS[7], ARGV[1])
+  local rec = redis.call('HGET', KEYS[6], ARGV[1])
   if not rec then
     return {'counted', 0, 'tokens_level', '0', 'quota_used', 0, 'owned', 0}
   end
@@ -74,7 +76,7 @@ if release then
 end
 
 redis.call('ZREM', KEYS[3], ARGV[1])
-local owned = redis.call('HDEL', KEYS[7], ARGV[1])
+local owned = redis.call('HDEL', KEYS[6], ARGV[1])
 local recovered = ARGV[17] == '1'
 if owned == 0 and recovered then
   -- Another survivor (or the replica itself, late) settled it first: nothing left to do.
@@ -93,7 +95,7 @@ if served then
   -- wins. The limits still see every generation: a replay did use the backend, and a client
   -- must not get free capacity by reusing an id.
   charge = prompt + completion
-  if redis.call('SET', KEYS[4], '1', 'NX', 'EX', tonumber(ARGV[14])) then
+  if redis.call('SET', KEYS[8], '1', 'NX', 'EX', tonumber(ARGV[14])) then
     counted = 1
   else
     counted = -1
@@ -139,21 +141,21 @@ local y = yoe + era * 400 + (m <= 2 and 1 or 0)
 local prefix = string.format('%04d-%02d-%02d|', y, m, d) .. ARGV[8] .. '|'
 
 local fair_charge = tonumber(ARGV[20] or '0') or 0
-if counted == 1 and fair_charge > 0 and KEYS[8] then
+if counted == 1 and fair_charge > 0 and KEYS[7] then
   -- Once per request id, like the metering: a replayed settle does not charge the counter twice.
-  local c = tonumber(redis.call('HGET', KEYS[8], ARGV[8]) or '0')
+  local c = tonumber(redis.call('HGET', KEYS[7], ARGV[8]) or '0')
   local floor = tonumber(ARGV[21] or '0') or 0
   if floor > c then c = floor end
-  redis.call('HSET', KEYS[8], ARGV[8], string.format('%.3f', c + fair_charge))
+  redis.call('HSET', KEYS[7], ARGV[8], string.format('%.3f', c + fair_charge))
 end
 if counted == 1 then
-  redis.call('HINCRBY', KEYS[5], prefix .. 'requests', 1)
-  redis.call('HINCRBY', KEYS[5], prefix .. 'prompt_tokens', prompt)
-  redis.call('HINCRBY', KEYS[5], prefix .. 'completion_tokens', completion)
-  redis.call('HINCRBY', KEYS[5], prefix .. 'cost_micro_usd', tonumber(ARGV[9]))
+  redis.call('HINCRBY', KEYS[4], prefix .. 'requests', 1)
+  redis.call('HINCRBY', KEYS[4], prefix .. 'prompt_tokens', prompt)
+  redis.call('HINCRBY', KEYS[4], prefix .. 'completion_tokens', completion)
+  redis.call('HINCRBY', KEYS[4], prefix .. 'cost_micro_usd', tonumber(ARGV[9]))
 end
 if counted ~= -1 and not release then
-  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[15], '*',
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[15], '*',
     'request_id', ARGV[10], 'tenant', ARGV[16], 'key_id', ARGV[11], 'model', ARGV[8],
     'prompt_tokens', counted == 1 and prompt or 0, 'completion_tokens', counted == 1 and completion or 0,
     'cost_micro_usd', counted == 1 and ARGV[9] or 0, 'latency_ms', ARGV[12], 'status', ARGV[13],

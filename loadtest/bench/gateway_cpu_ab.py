@@ -1,0 +1,231 @@
+"""CPU per request of two gateway checkouts measured at the same time, under the same load.
+
+    git worktree add /tmp/gw-before 949a299
+    .venv/bin/python -m loadtest.bench.gateway_cpu_ab /tmp/gw-before . --rates 50,200,500 \
+        --windows 7 --out docs/results/gateway-cpu-ab.md
+
+Why this exists: `gateway_overhead.py --baseline` runs before and after one after the other, and
+on a shared 2-core VM the machine changes between the two steps (another tenant's job, the
+host's frequency): medians of three such pairs still moved by 10-15 points between runs, more
+than the 10 % the target allows. Here both gateways run side by side against the same Redis
+and the same fast upstream, and one load generator sends each the same open-loop schedule at
+the same time, so whatever slows the machine in a window slows both; the verdict is the median
+over windows of after / before. The two processes compete for the same CPUs, and which one the
+scheduler favours in a window is noise of its own: the report gives every window and the
+spread, and the order in which the two loads start alternates between windows.
+
+CPU is each process's on-CPU time from /proc/<pid>/task/*/schedstat (nanoseconds, all threads,
+user and kernel together), not utime+stime (10 ms ticks), divided by the requests it served in
+the window (the load generator's 20 warm-up requests included). The two processes run the
+same config (`gateway_overhead.bench_config`), one tenant each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+from loadtest.bench.gateway_overhead import ADMIN, bench_config, gateway_env, open_loop, start_upstream
+from servelab.procs import Child, free_port, start, wait_http_ok
+from servelab.redisproc import start_redis
+
+
+@dataclass(frozen=True)
+class Window:
+    stream: bool
+    rate: float
+    window: int
+    first: str  # which load started first in this window: "before" or "after"
+    before_ms: float  # on-CPU ms per request
+    after_ms: float
+    errors: int
+
+    @property
+    def ratio(self) -> float:
+        return self.after_ms / self.before_ms
+
+
+def on_cpu_ns(pid: int) -> int:
+    """Nanoseconds this process's threads have run on a CPU so far (schedstat's first field)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
+            pass
+    return total
+
+
+def commit_of(checkout: Path) -> str:
+    out = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(checkout), "status", "--porcelain", "--", "gateway"], capture_output=True, text=True
+    ).stdout.strip()
+    return out + ("+changes" if dirty else "")
+
+
+def start_gateway(checkout: Path, cfg: Path, env: dict[str, str], work: Path, name: str) -> tuple[Child, str, str]:
+    """One gateway process from `checkout`, ready, with a key of its own tenant."""
+    port = free_port()
+    child = start(
+        f"gateway-{name}",
+        [sys.executable, "-m", "gateway", "--config", str(cfg), "--port", str(port)],
+        env={**env, "PYTHONPATH": str(checkout)},
+        cwd=checkout,
+        log_path=work / f"gateway-{name}.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http_ok(f"{url}/readyz", 60, child.popen)
+    key = httpx.post(
+        f"{url}/admin/v1/tenants/{name}/keys", headers={"authorization": f"Bearer {ADMIN}"}, json={}, timeout=30
+    ).json()["key"]
+    return child, url, key
+
+
+async def _both(
+    targets: list[tuple[str, str]], rate: float, duration_s: float, stream: bool
+) -> list[tuple[int, int]]:
+    runs = [open_loop(f"{url}/v1/chat/completions", key, rate, duration_s, stream) for url, key in targets]
+    out = await asyncio.gather(*runs)
+    return [(sent, errors) for _, _, sent, errors, _ in out]
+
+
+def measure(
+    gws: dict[str, tuple[Child, str, str]], stream: bool, rate: float, duration_s: float, window: int
+) -> Window:
+    order = ["before", "after"] if window % 2 == 0 else ["after", "before"]
+    pids = {name: gws[name][0].pid for name in order}
+    cpu0 = {name: on_cpu_ns(pid) for name, pid in pids.items()}
+    results = asyncio.run(_both([(gws[n][1], gws[n][2]) for n in order], rate, duration_s, stream))
+    cpu1 = {name: on_cpu_ns(pid) for name, pid in pids.items()}
+    per = {}
+    errors = 0
+    for name, (sent, errs) in zip(order, results, strict=True):
+        per[name] = (cpu1[name] - cpu0[name]) / 1e6 / (sent + 20)
+        errors += errs
+    return Window(stream, rate, window, order[0], per["before"], per["after"], errors)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("before", type=Path, help="checkout of the reference commit")
+    ap.add_argument("after", type=Path, help="checkout measured against it (e.g. .)")
+    ap.add_argument("--rates", default="50,200,500", help="requests per second sent to EACH gateway")
+    ap.add_argument("--modes", default="nonstream,stream", help="nonstream, stream or both")
+    ap.add_argument("--windows", type=int, default=7, help="measurement windows per rate and mode")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per window")
+    ap.add_argument("--out", type=Path, default=None, help="write a Markdown report here")
+    args = ap.parse_args()
+    for c in (args.before, args.after):
+        if not (c / "gateway" / "__main__.py").exists():
+            sys.exit(f"{c} is not a servelab checkout (no gateway/__main__.py)")
+    if args.windows < 1:
+        ap.error("--windows must be at least 1")
+    rates = [float(r) for r in args.rates.split(",") if r]
+    modes = [m == "stream" for m in args.modes.split(",") if m]
+    load_at_start = os.getloadavg()
+    started = time.time()
+    work = Path(tempfile.mkdtemp(prefix="gw-ab-"))
+    rs = start_redis(work / "redis")
+    children: list[Child] = []
+    windows: list[Window] = []
+    try:
+        up, up_url = start_upstream(work)
+        children.append(up)
+        cfg = work / "gateway.yaml"
+        config = bench_config(up_url)
+        config["tenants"] = {"before": {"plan": "bench"}, "after": {"plan": "bench"}}
+        cfg.write_text(yaml.safe_dump(config))
+        env = gateway_env(rs.url, work)
+        gws = {}
+        for name, checkout in (("before", args.before), ("after", args.after)):
+            gws[name] = start_gateway(checkout.resolve(), cfg, env, work, name)
+            children.append(gws[name][0])
+        total = len(modes) * len(rates) * args.windows
+        for stream in modes:
+            for rate in rates:
+                for w in range(args.windows):
+                    win = measure(gws, stream, rate, args.duration, w)
+                    windows.append(win)
+                    print(
+                        f"[{len(windows)}/{total}] {'stream' if stream else 'nonstream'} {rate:g} req/s "
+                        f"window {w + 1}: before {win.before_ms:.3f} ms, after {win.after_ms:.3f} ms, "
+                        f"after/before {win.ratio:.3f}" + (f", {win.errors} errors" if win.errors else ""),
+                        flush=True,
+                    )
+    finally:
+        for child in reversed(children):
+            child.stop()
+        rs.stop()
+    text = report(windows, args, load_at_start, started)
+    print("\n" + text)
+    if args.out:
+        args.out.write_text(text)
+        print(f"wrote {args.out}")
+
+
+def report(windows: list[Window], args: argparse.Namespace, load_at_start: tuple[float, ...], started: float) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+    lines = [
+        "# Gateway CPU per request, two checkouts side by side",
+        "",
+        f"Measured {when} on {platform.node()} ({os.cpu_count()} CPUs, CPython {platform.python_version()}), with:",
+        "",
+        f"    .venv/bin/python -m loadtest.bench.gateway_cpu_ab {args.before} {args.after} --rates {args.rates} "
+        f"--modes {args.modes} --windows {args.windows} --duration {args.duration:g}"
+        + (f" --out {args.out}" if args.out else ""),
+        "",
+        f"before = {commit_of(args.before)}, after = {commit_of(args.after)}. Both gateways run at the same time "
+        "against one redis-server and one fast upstream (16 tokens, no delay); each window sends each of them "
+        f"the rate below for {args.duration:g} s from one load generator. CPU = on-CPU time of the process "
+        "(all threads, user + kernel, from schedstat) per request. Load average at the start "
+        f"{load_at_start[0]:.2f}, at the end {os.getloadavg()[0]:.2f} (1 min).",
+        "",
+        "| mode | rate req/s (each) | windows | before ms/request (median) | after ms/request (median) "
+        "| after / before, median of windows | lowest – highest window |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(w.stream, w.rate) for w in windows})
+    for stream, rate in keys:
+        ws = [w for w in windows if (w.stream, w.rate) == (stream, rate)]
+        ratios = sorted(w.ratio for w in ws)
+        lines.append(
+            f"| {'streaming' if stream else 'non-streaming'} | {rate:g} | {len(ws)} "
+            f"| {statistics.median(w.before_ms for w in ws):.3f} | {statistics.median(w.after_ms for w in ws):.3f} "
+            f"| {100 * (statistics.median(ratios) - 1):+.1f} % | {100 * (ratios[0] - 1):+.1f} % – "
+            f"{100 * (ratios[-1] - 1):+.1f} % |"
+        )
+    errors = sum(w.errors for w in windows)
+    lines += [
+        "",
+        f"Errors over all windows: {errors}.",
+        "",
+        "Every window (first = whose load started first):",
+        "",
+        "| mode | rate | window | first | before ms | after ms | after / before |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for w in windows:
+        lines.append(
+            f"| {'streaming' if w.stream else 'non-streaming'} | {w.rate:g} | {w.window + 1} | {w.first} "
+            f"| {w.before_ms:.3f} | {w.after_ms:.3f} | {w.ratio:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
