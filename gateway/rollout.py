@@ -431,7 +431,12 @@ class RolloutController:
         await self._redis.delete(COUNTS_KEY + r.model)
 
     async def run(self) -> None:
-        """Loop forever (cancelled by the app's lifespan); Redis errors are retried next tick."""
+        """Loop forever (cancelled by the app's lifespan); Redis errors are retried next tick.
+
+        Returns at once when no alias has two versions (the set is fixed by the config): an idle
+        loop still woke the process twice a second."""
+        if not self._models:
+            return
         failing = False
         while True:
             try:

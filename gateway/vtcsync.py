@@ -115,7 +115,10 @@ async def run(
     session: aiohttp.ClientSession,
     interval_s: float = 0.5,
 ) -> None:
-    """Start the detectors and keep the counters fresh until cancelled."""
+    """Start the detectors and keep the counters fresh until cancelled (returns at once when
+    no model has a fair queue: nothing to refresh, and no wake-up twice a second)."""
+    if not queues:
+        return
     detectors = [q.detector for q in queues.values() if q.detector is not None]
     for d in detectors:
         d.start(session)
