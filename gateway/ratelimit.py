@@ -7,7 +7,9 @@ on one Redis Cluster slot. A short request makes exactly two round trips (admit,
 a request that outlives `lease_heartbeat_s` sends heartbeats.
 
 The scripts answer with name/value pairs and this module reads them by name into dataclasses
-(`Decision`, `Settled`, `Beat`); a field added on one side cannot shift the others. They and
+(`Decision`, `Settled`, `Beat`); a field added on one side cannot shift the others (`_fields`
+checks every name). Each call packs only its per-request values: the command's start (keys,
+plan numbers) is packed once per tenant (`scriptconn.Head`). They and
 `SettleRecord` are slotted, not frozen: a frozen dataclass sets each field through
 `object.__setattr__`, and these are built on every request (`SettleRecord`'s 20 fields took 1.6
 times as long frozen; `loadtest/bench/gateway_instructions.py` counts the request path).

@@ -17,7 +17,8 @@ import pytest
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.scriptconn import CommandNotRun, NotReplicated, ScriptConnection, may_have_run
+from gateway.ratelimit import _fields
+from gateway.scriptconn import CommandNotRun, NotReplicated, Script, ScriptConnection, may_have_run
 
 TIMEOUT_S = 0.5
 
@@ -78,3 +79,40 @@ async def test_durable_wait_follows_the_command_it_covers(redis_url: str) -> Non
     await conn.close()
     client.close()
     assert seen == ["SET scriptconn:k v", "WAIT 1 10"], seen
+
+
+async def test_a_packed_head_and_tail_run_the_same_command_as_a_plain_call(redis_url: str) -> None:
+    """`Script.head` packs a call's start once; `run` appends the per-call values. The command
+    Redis runs must be the one a plain call sends: same keys (some in the tail), same arguments,
+    and a tail of the wrong length is refused before anything is written."""
+    conn = _conn(redis_url)
+    echo = Script(conn, "return {KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], #KEYS, #ARGV}")
+    plain = await echo(["k:{t}:a", "k:{t}:b", "k:{t}:c"], ["x", 42, "é"])
+    head = echo.head(["k:{t}:a", "k:{t}:b"], [], 4, tail_keys=1)
+    assert await echo.run(head, ("k:{t}:c", "x", 42, "é")) == plain
+    assert plain == [b"k:{t}:a", b"k:{t}:b", b"k:{t}:c", b"x", b"42", "é".encode(), 3, 3]
+    fixed = echo.head(["k:{t}:a", "k:{t}:b", "k:{t}:c"], ["x"], 2)
+    assert await echo.run(fixed, (42, "é")) == plain
+    with pytest.raises(ValueError, match="needs 2 trailing arguments"):
+        await echo.run(fixed, (42,))
+    assert await conn.execute("PING") == b"PONG"  # nothing half-written is left on the connection
+    with pytest.raises(ValueError, match="cannot follow fixed"):
+        echo.head(["k:{t}:a"], ["x"], 2, tail_keys=1)
+    await conn.close()
+
+
+def test_script_replies_are_read_by_name_whatever_their_order() -> None:
+    """The Lua side answers name/value pairs. The usual order is read as it comes; another order
+    (a field added or moved in a script) is looked up by name, and a missing name is an error
+    that says which, never a value taken from the wrong slot."""
+    names = [b"counted", b"tokens_level", b"quota_used", b"owned"]
+    assert _fields([b"counted", 1, b"tokens_level", b"5.0", b"quota_used", 7, b"owned", 1], names) == [
+        1,
+        b"5.0",
+        7,
+        1,
+    ]
+    moved = [b"owned", 0, b"extra", b"x", b"quota_used", 9, b"counted", -1, b"tokens_level", b"2.5"]
+    assert _fields(moved, names) == [-1, b"2.5", 9, 0]
+    with pytest.raises(ValueError, match="lacks owned"):
+        _fields([b"counted", 1, b"tokens_level", b"5.0", b"quota_used", 7], names)
