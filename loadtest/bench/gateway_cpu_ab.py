@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import statistics
@@ -61,10 +62,8 @@ def on_cpu_ns(pid: int) -> int:
     """Nanoseconds this process's threads have run on a CPU so far (schedstat's first field)."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that just ended
             total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
-            pass
     return total
 
 
@@ -78,7 +77,9 @@ def commit_of(checkout: Path) -> str:
     return out + ("+changes" if dirty else "")
 
 
-def start_gateway(checkout: Path, cfg: Path, env: dict[str, str], work: Path, name: str) -> tuple[Child, str, str]:
+def start_gateway(
+    checkout: Path, cfg: Path, env: dict[str, str], work: Path, name: str
+) -> tuple[Child, str, str]:
     """One gateway process from `checkout`, ready, with a key of its own tenant."""
     port = free_port()
     child = start(
@@ -90,9 +91,8 @@ def start_gateway(checkout: Path, cfg: Path, env: dict[str, str], work: Path, na
     )
     url = f"http://127.0.0.1:{port}"
     wait_http_ok(f"{url}/readyz", 60, child.popen)
-    key = httpx.post(
-        f"{url}/admin/v1/tenants/{name}/keys", headers={"authorization": f"Bearer {ADMIN}"}, json={}, timeout=30
-    ).json()["key"]
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    key = httpx.post(f"{url}/admin/v1/tenants/{name}/keys", headers=admin, json={}, timeout=30).json()["key"]
     return child, url, key
 
 
@@ -127,7 +127,14 @@ def main() -> None:
     ap.add_argument("--rates", default="50,200,500", help="requests per second sent to EACH gateway")
     ap.add_argument("--modes", default="nonstream,stream", help="nonstream, stream or both")
     ap.add_argument("--windows", type=int, default=7, help="measurement windows per rate and mode")
-    ap.add_argument("--duration", type=float, default=8.0, help="seconds per window")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per window (at least)")
+    ap.add_argument(
+        "--min-requests",
+        type=int,
+        default=600,
+        help="a window lasts long enough to send each gateway this many requests (low rates: "
+        "a few hundred requests' CPU is within reach of the idle background's own noise)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write a Markdown report here")
     args = ap.parse_args()
     for c in (args.before, args.after):
@@ -158,8 +165,9 @@ def main() -> None:
         total = len(modes) * len(rates) * args.windows
         for stream in modes:
             for rate in rates:
+                seconds = max(args.duration, args.min_requests / rate)
                 for w in range(args.windows):
-                    win = measure(gws, stream, rate, args.duration, w)
+                    win = measure(gws, stream, rate, seconds, w)
                     windows.append(win)
                     print(
                         f"[{len(windows)}/{total}] {'stream' if stream else 'nonstream'} {rate:g} req/s "
@@ -178,36 +186,43 @@ def main() -> None:
         print(f"wrote {args.out}")
 
 
-def report(windows: list[Window], args: argparse.Namespace, load_at_start: tuple[float, ...], started: float) -> str:
+def report(
+    windows: list[Window], args: argparse.Namespace, load_at_start: tuple[float, ...], started: float
+) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+    command = (
+        f"    .venv/bin/python -m loadtest.bench.gateway_cpu_ab {args.before} {args.after} "
+        f"--rates {args.rates} --modes {args.modes} --windows {args.windows} --duration {args.duration:g} "
+        f"--min-requests {args.min_requests}" + (f" --out {args.out}" if args.out else "")
+    )
     lines = [
         "# Gateway CPU per request, two checkouts side by side",
         "",
-        f"Measured {when} on {platform.node()} ({os.cpu_count()} CPUs, CPython {platform.python_version()}), with:",
+        f"Measured {when} on {platform.node()} ({os.cpu_count()} CPUs, "
+        f"CPython {platform.python_version()}), with:",
         "",
-        f"    .venv/bin/python -m loadtest.bench.gateway_cpu_ab {args.before} {args.after} --rates {args.rates} "
-        f"--modes {args.modes} --windows {args.windows} --duration {args.duration:g}"
-        + (f" --out {args.out}" if args.out else ""),
+        command,
         "",
-        f"before = {commit_of(args.before)}, after = {commit_of(args.after)}. Both gateways run at the same time "
-        "against one redis-server and one fast upstream (16 tokens, no delay); each window sends each of them "
-        f"the rate below for {args.duration:g} s from one load generator. CPU = on-CPU time of the process "
-        "(all threads, user + kernel, from schedstat) per request. Load average at the start "
+        f"before = {commit_of(args.before)}, after = {commit_of(args.after)}. Both gateways run at the "
+        "same time against one redis-server and one fast upstream (16 tokens, no delay); each window "
+        f"sends each of them the rate below for max({args.duration:g} s, {args.min_requests} requests "
+        "/ rate) from one load generator. CPU = on-CPU time of the process (all threads, user + "
+        "kernel, from schedstat) per request. Load average at the start "
         f"{load_at_start[0]:.2f}, at the end {os.getloadavg()[0]:.2f} (1 min).",
         "",
         "| mode | rate req/s (each) | windows | before ms/request (median) | after ms/request (median) "
         "| after / before, median of windows | lowest – highest window |",
         "|---|---|---|---|---|---|---|",
     ]
-    keys = sorted({(w.stream, w.rate) for w in windows})
-    for stream, rate in keys:
+    for stream, rate in sorted({(w.stream, w.rate) for w in windows}):
         ws = [w for w in windows if (w.stream, w.rate) == (stream, rate)]
         ratios = sorted(w.ratio for w in ws)
+        before = statistics.median(w.before_ms for w in ws)
+        after = statistics.median(w.after_ms for w in ws)
         lines.append(
-            f"| {'streaming' if stream else 'non-streaming'} | {rate:g} | {len(ws)} "
-            f"| {statistics.median(w.before_ms for w in ws):.3f} | {statistics.median(w.after_ms for w in ws):.3f} "
-            f"| {100 * (statistics.median(ratios) - 1):+.1f} % | {100 * (ratios[0] - 1):+.1f} % – "
-            f"{100 * (ratios[-1] - 1):+.1f} % |"
+            f"| {'streaming' if stream else 'non-streaming'} | {rate:g} | {len(ws)} | {before:.3f} "
+            f"| {after:.3f} | {100 * (statistics.median(ratios) - 1):+.1f} % "
+            f"| {100 * (ratios[0] - 1):+.1f} % – {100 * (ratios[-1] - 1):+.1f} % |"
         )
     errors = sum(w.errors for w in windows)
     lines += [
