@@ -27,6 +27,8 @@ import asyncio
 import contextlib
 import os
 import platform
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -120,6 +122,37 @@ def measure(
     return Window(stream, rate, window, order[0], per["before"], per["after"], errors)
 
 
+def syscalls(
+    gws: dict[str, tuple[Child, str, str]], stream: bool, rate: float, duration_s: float, work: Path
+) -> dict[str, dict[str, float]]:
+    """System calls per request of each gateway over one more window, counted by `strace -c -f`.
+
+    Kernel time is part of CPU per request and instruction counts leave it out; equal syscall
+    counts say the kernel's share did not change. strace slows the processes it traces, so this
+    window's CPU is not used."""
+    tracers = {}
+    for name, (child, _, _) in gws.items():
+        out = work / f"strace-{name}-{'s' if stream else 'n'}{rate:g}.txt"
+        tracers[name] = (out, subprocess.Popen(["strace", "-c", "-f", "-p", str(child.pid), "-o", str(out)]))
+    time.sleep(1.0)  # strace attaches to every thread before the window starts
+    try:
+        results = asyncio.run(_both([(gws[n][1], gws[n][2]) for n in gws], rate, duration_s, stream))
+    finally:
+        for _, proc in tracers.values():
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+    per: dict[str, dict[str, float]] = {}
+    for (name, (out, _)), (sent, _) in zip(tracers.items(), results, strict=True):
+        counts: dict[str, float] = {}
+        for line in out.read_text().splitlines():
+            parts = line.split()
+            # "% time  seconds  usecs/call  calls  [errors]  syscall"
+            if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+                counts[parts[-1]] = int(parts[3]) / (sent + 20)
+        per[name] = counts
+    return per
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("before", type=Path, help="checkout of the reference commit")
@@ -135,8 +168,16 @@ def main() -> None:
         help="a window lasts long enough to send each gateway this many requests (low rates: "
         "a few hundred requests' CPU is within reach of the idle background's own noise)",
     )
+    ap.add_argument(
+        "--strace",
+        action="store_true",
+        help="after the windows, one more window per mode at the lowest rate under `strace -c`: "
+        "system calls per request of each gateway",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write a Markdown report here")
     args = ap.parse_args()
+    if args.strace and shutil.which("strace") is None:
+        sys.exit("--strace needs strace: apt-get install strace")
     for c in (args.before, args.after):
         if not (c / "gateway" / "__main__.py").exists():
             sys.exit(f"{c} is not a servelab checkout (no gateway/__main__.py)")
@@ -150,6 +191,7 @@ def main() -> None:
     rs = start_redis(work / "redis")
     children: list[Child] = []
     windows: list[Window] = []
+    traced: dict[bool, dict[str, dict[str, float]]] = {}
     try:
         up, up_url = start_upstream(work)
         children.append(up)
@@ -175,11 +217,20 @@ def main() -> None:
                         f"after/before {win.ratio:.3f}" + (f", {win.errors} errors" if win.errors else ""),
                         flush=True,
                     )
+            if args.strace:
+                rate = min(rates)
+                traced[stream] = syscalls(
+                    gws, stream, rate, max(args.duration, args.min_requests / rate), work
+                )
+                print(
+                    f"syscalls per request, {'stream' if stream else 'nonstream'}: {traced[stream]}",
+                    flush=True,
+                )
     finally:
         for child in reversed(children):
             child.stop()
         rs.stop()
-    text = report(windows, args, load_at_start, started)
+    text = report(windows, args, load_at_start, started, traced)
     print("\n" + text)
     if args.out:
         args.out.write_text(text)
@@ -187,13 +238,19 @@ def main() -> None:
 
 
 def report(
-    windows: list[Window], args: argparse.Namespace, load_at_start: tuple[float, ...], started: float
+    windows: list[Window],
+    args: argparse.Namespace,
+    load_at_start: tuple[float, ...],
+    started: float,
+    traced: dict[bool, dict[str, dict[str, float]]] | None = None,
 ) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
     command = (
         f"    .venv/bin/python -m loadtest.bench.gateway_cpu_ab {args.before} {args.after} "
         f"--rates {args.rates} --modes {args.modes} --windows {args.windows} --duration {args.duration:g} "
-        f"--min-requests {args.min_requests}" + (f" --out {args.out}" if args.out else "")
+        f"--min-requests {args.min_requests}"
+        + (" --strace" if args.strace else "")
+        + (f" --out {args.out}" if args.out else "")
     )
     lines = [
         "# Gateway CPU per request, two checkouts side by side",
@@ -239,6 +296,20 @@ def report(
             f"| {'streaming' if w.stream else 'non-streaming'} | {w.rate:g} | {w.window + 1} | {w.first} "
             f"| {w.before_ms:.3f} | {w.after_ms:.3f} | {w.ratio:.3f} |"
         )
+    for stream, per in sorted((traced or {}).items()):
+        mode = "streaming" if stream else "non-streaming"
+        names = sorted(set(per["before"]) | set(per["after"]), key=lambda n: -per["before"].get(n, 0.0))
+        total = {side: sum(per[side].values()) for side in ("before", "after")}
+        lines += [
+            "",
+            f"System calls per request, {mode}, {min(float(r) for r in args.rates.split(',') if r):g} req/s "
+            "(one more window under `strace -c -f`; its CPU is not used):",
+            "",
+            "| syscall | before | after |",
+            "|---|---|---|",
+            *(f"| {n} | {per['before'].get(n, 0.0):.2f} | {per['after'].get(n, 0.0):.2f} |" for n in names),
+            f"| all | {total['before']:.2f} | {total['after']:.2f} |",
+        ]
     return "\n".join(lines) + "\n"
 
 
