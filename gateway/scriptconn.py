@@ -76,6 +76,8 @@ def pack(args: tuple[Any, ...] | list[Any]) -> bytes:
 
 class _Protocol(asyncio.Protocol):
     def __init__(self, on_lost: Any) -> None:
+        # Kept: `asyncio.get_running_loop()` costs a getpid() system call on Python 3.11.
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader(replyError=ResponseError)
         self.pending: deque[asyncio.Future[Any]] = deque()
@@ -299,7 +301,7 @@ class ScriptConnection:
         one), so checking for loss only where the watchdog is armed costs the busy path nothing.
         A command queued on a lost connection would wait forever: nothing reads or times it out.
         """
-        loop = asyncio.get_running_loop()
+        loop = proto.loop
         if proto.watchdog is None:
             if proto.lost:
                 raise CommandNotRun("Redis connection was lost before the command was written")

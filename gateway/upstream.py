@@ -41,6 +41,9 @@ class UpstreamError(Exception):
 
 class _Connection(asyncio.Protocol):
     def __init__(self, read_timeout_s: float) -> None:
+        # The loop, kept: `asyncio.get_running_loop()` makes a getpid() system call each time on
+        # Python 3.11 (it checks for a fork), and a request here needed it two to four times.
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.read_timeout = read_timeout_s
@@ -137,12 +140,12 @@ class _Connection(asyncio.Protocol):
         if silent >= self.read_timeout:
             self._fail(UpstreamError("timeout", f"backend silent for {silent:.1f}s"))
         else:
-            self.timer = asyncio.get_running_loop().call_later(self.read_timeout - silent, self._check_idle)
+            self.timer = self.loop.call_later(self.read_timeout - silent, self._check_idle)
 
     async def _wait(self) -> None:
         if self.error is not None:
             raise self.error
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.waiter = self.loop.create_future()
         await self.waiter
         self.waiter = None
         if self.error is not None:
@@ -151,7 +154,7 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         self._reset()
         self.last_rx = time.monotonic()
-        self.timer = asyncio.get_running_loop().call_later(self.read_timeout, self._check_idle)
+        self.timer = self.loop.call_later(self.read_timeout, self._check_idle)
         assert self.transport is not None
         self.transport.write(data)
 
