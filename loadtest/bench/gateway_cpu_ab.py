@@ -51,6 +51,7 @@ class Window:
     rate: float
     window: int
     first: str  # which load started first in this window: "before" or "after"
+    older: str  # which gateway process was started first (see --swap)
     before_ms: float  # on-CPU ms per request
     after_ms: float
     errors: int
@@ -107,9 +108,18 @@ async def _both(
 
 
 def measure(
-    gws: dict[str, tuple[Child, str, str]], stream: bool, rate: float, duration_s: float, window: int
+    gws: dict[str, tuple[Child, str, str]],
+    stream: bool,
+    rate: float,
+    duration_s: float,
+    window: int,
+    older: str = "before",
+    load_first: int | None = None,
 ) -> Window:
-    order = ["before", "after"] if window % 2 == 0 else ["after", "before"]
+    """One window; the two loads start in the order `load_first` says (0: before's first), by
+    default alternating with `window`."""
+    first = window % 2 if load_first is None else load_first
+    order = ["before", "after"] if first == 0 else ["after", "before"]
     pids = {name: gws[name][0].pid for name in order}
     cpu0 = {name: on_cpu_ns(pid) for name, pid in pids.items()}
     results = asyncio.run(_both([(gws[n][1], gws[n][2]) for n in order], rate, duration_s, stream))
@@ -119,7 +129,7 @@ def measure(
     for name, (sent, errs) in zip(order, results, strict=True):
         per[name] = (cpu1[name] - cpu0[name]) / 1e6 / (sent + 20)
         errors += errs
-    return Window(stream, rate, window, order[0], per["before"], per["after"], errors)
+    return Window(stream, rate, window, order[0], older, per["before"], per["after"], errors)
 
 
 def syscalls(
@@ -174,6 +184,12 @@ def main() -> None:
         help="after the windows, one more window per mode at the lowest rate under `strace -c`: "
         "system calls per request of each gateway",
     )
+    ap.add_argument(
+        "--swap",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run half the windows with the two gateways restarted in the other order (default: on)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write a Markdown report here")
     args = ap.parse_args()
     if args.strace and shutil.which("strace") is None:
@@ -200,32 +216,39 @@ def main() -> None:
         config["tenants"] = {"before": {"plan": "bench"}, "after": {"plan": "bench"}}
         cfg.write_text(yaml.safe_dump(config))
         env = gateway_env(rs.url, work)
-        gws = {}
-        for name, checkout in (("before", args.before), ("after", args.after)):
-            gws[name] = start_gateway(checkout.resolve(), cfg, env, work, name)
-            children.append(gws[name][0])
+        checkouts = {"before": args.before.resolve(), "after": args.after.resolve()}
+        # Which process starts first is a bias of its own (the same checkout on both sides read
+        # 2-6 % apart at every rate in one run), so the second half restarts them the other way round.
+        halves = [["before", "after"], ["after", "before"]] if args.swap else [["before", "after"]]
         total = len(modes) * len(rates) * args.windows
-        for stream in modes:
-            for rate in rates:
-                seconds = max(args.duration, args.min_requests / rate)
-                for w in range(args.windows):
-                    win = measure(gws, stream, rate, seconds, w)
-                    windows.append(win)
-                    print(
-                        f"[{len(windows)}/{total}] {'stream' if stream else 'nonstream'} {rate:g} req/s "
-                        f"window {w + 1}: before {win.before_ms:.3f} ms, after {win.after_ms:.3f} ms, "
-                        f"after/before {win.ratio:.3f}" + (f", {win.errors} errors" if win.errors else ""),
-                        flush=True,
-                    )
-            if args.strace:
-                rate = min(rates)
-                traced[stream] = syscalls(
-                    gws, stream, rate, max(args.duration, args.min_requests / rate), work
-                )
-                print(
-                    f"syscalls per request, {'stream' if stream else 'nonstream'}: {traced[stream]}",
-                    flush=True,
-                )
+        for h, start_order in enumerate(halves):
+            gws = {}
+            for name in start_order:
+                gws[name] = start_gateway(checkouts[name], cfg, env, work, name)
+                children.append(gws[name][0])
+            share = [w for w in range(args.windows) if w % len(halves) == h]
+            for stream in modes:
+                for rate in rates:
+                    seconds = max(args.duration, args.min_requests / rate)
+                    for i, w in enumerate(share):
+                        win = measure(gws, stream, rate, seconds, w, start_order[0], load_first=i % 2)
+                        windows.append(win)
+                        print(
+                            f"[{len(windows)}/{total}] {'stream' if stream else 'nonstream'} {rate:g} req/s "
+                            f"window {w + 1}: before {win.before_ms:.3f} ms, after {win.after_ms:.3f} ms, "
+                            f"after/before {win.ratio:.3f}"
+                            + (f", {win.errors} errors" if win.errors else ""),
+                            flush=True,
+                        )
+                if args.strace and h == len(halves) - 1:
+                    low = min(rates)
+                    seconds = max(args.duration, args.min_requests / low)
+                    traced[stream] = syscalls(gws, stream, low, seconds, work)
+                    mode = "stream" if stream else "nonstream"
+                    print(f"syscalls per request ({mode}): {traced[stream]}", flush=True)
+            for name in start_order:
+                gws[name][0].stop()
+                children.remove(gws[name][0])
     finally:
         for child in reversed(children):
             child.stop()
@@ -250,6 +273,7 @@ def report(
         f"--rates {args.rates} --modes {args.modes} --windows {args.windows} --duration {args.duration:g} "
         f"--min-requests {args.min_requests}"
         + (" --strace" if args.strace else "")
+        + ("" if args.swap else " --no-swap")
         + (f" --out {args.out}" if args.out else "")
     )
     lines = [
@@ -261,10 +285,15 @@ def report(
         command,
         "",
         f"before = {commit_of(args.before)}, after = {commit_of(args.after)}. Both gateways run at the "
-        "same time against one redis-server and one fast upstream (16 tokens, no delay); each window "
-        f"sends each of them the rate below for max({args.duration:g} s, {args.min_requests} requests "
-        "/ rate) from one load generator. CPU = on-CPU time of the process (all threads, user + "
-        "kernel, from schedstat) per request. Load average at the start "
+        "same time against one redis-server and one fast upstream (16 tokens, no delay)"
+        + (
+            "; half the windows run with the two processes restarted in the other order (--swap)"
+            if args.swap
+            else ""
+        )
+        + f". Each window sends each of them the rate below for max({args.duration:g} s, "
+        f"{args.min_requests} requests / rate) from one load generator. CPU = on-CPU time of the process "
+        "(all threads, user + kernel, from schedstat) per request. Load average at the start "
         f"{load_at_start[0]:.2f}, at the end {os.getloadavg()[0]:.2f} (1 min).",
         "",
         "| mode | rate req/s (each) | windows | before ms/request (median) | after ms/request (median) "
@@ -286,15 +315,15 @@ def report(
         "",
         f"Errors over all windows: {errors}.",
         "",
-        "Every window (first = whose load started first):",
+        "Every window (process started first; load started first in the window):",
         "",
-        "| mode | rate | window | first | before ms | after ms | after / before |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | rate | window | process first | load first | before ms | after ms | after / before |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for w in windows:
         lines.append(
-            f"| {'streaming' if w.stream else 'non-streaming'} | {w.rate:g} | {w.window + 1} | {w.first} "
-            f"| {w.before_ms:.3f} | {w.after_ms:.3f} | {w.ratio:.3f} |"
+            f"| {'streaming' if w.stream else 'non-streaming'} | {w.rate:g} | {w.window + 1} | {w.older} "
+            f"| {w.first} | {w.before_ms:.3f} | {w.after_ms:.3f} | {w.ratio:.3f} |"
         )
     for stream, per in sorted((traced or {}).items()):
         mode = "streaming" if stream else "non-streaming"

@@ -16,7 +16,7 @@ def test_side_by_side_cpu_bench_reports_both_gateways_per_window(tmp_path: Path)
         "--modes",
         "nonstream",
         "--windows",
-        "2",
+        "4",
         "--duration",
         "1",
         "--min-requests",
@@ -29,10 +29,13 @@ def test_side_by_side_cpu_bench_reports_both_gateways_per_window(tmp_path: Path)
     text = out.read_text()
     assert "Errors over all windows: 0." in text
     rows = [line for line in text.splitlines() if line.startswith("| non-streaming | 40 |")]
-    assert len(rows) == 3, text  # the summary row and one row per window
+    assert len(rows) == 5, text  # the summary row and one row per window
     summary = rows[0].split("|")
     before_ms, after_ms = float(summary[4]), float(summary[5])
     # The same checkout twice: both used CPU for their requests, within a factor of each other.
     assert 0.05 < before_ms < 50 and 0.05 < after_ms < 50, rows[0]
     assert 0.33 < after_ms / before_ms < 3, rows[0]
-    assert [r.split("|")[4].strip() for r in rows[1:]] == ["before", "after"]  # the start order alternates
+    # Half the windows with the processes started the other way round, and within each half the
+    # two loads take turns to start first: neither order lines up with the other.
+    assert [r.split("|")[4].strip() for r in rows[1:]] == ["before", "before", "after", "after"]
+    assert [r.split("|")[5].strip() for r in rows[1:]] == ["before", "after", "before", "after"]
