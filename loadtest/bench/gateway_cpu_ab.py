@@ -2,7 +2,7 @@
 
     git worktree add /tmp/gw-before 949a299
     .venv/bin/python -m loadtest.bench.gateway_cpu_ab /tmp/gw-before . --rates 50,200,500 \
-        --windows 7 --out docs/results/gateway-cpu-ab.md
+        --windows 8 --min-requests 800 --strace --out docs/results/gateway-cpu-ab.md
 
 Why this exists: `gateway_overhead.py --baseline` runs before and after one after the other, and
 on a shared 2-core VM the machine changes between the two steps (another tenant's job, the
@@ -11,8 +11,15 @@ than the 10 % the target allows. Here both gateways run side by side against the
 and the same fast upstream, and one load generator sends each the same open-loop schedule at
 the same time, so whatever slows the machine in a window slows both; the verdict is the median
 over windows of after / before. The two processes compete for the same CPUs, and which one the
-scheduler favours in a window is noise of its own: the report gives every window and the
-spread, and the order in which the two loads start alternates between windows.
+scheduler favours is noise of its own: the same checkout on both sides read 2-6 % apart by the
+order the processes were started in, so half the windows run with the two restarted the other
+way round (`--swap`, on by default), and within each half the two loads take turns to start
+first. The report gives every window and the spread; run the before checkout against itself to
+see what the tool resolves on a given machine.
+
+`--strace` adds one window per mode under `strace -c -f`: system calls per request of each
+gateway, the kernel's share, which valgrind's instruction counts (gateway_instructions.py)
+leave out.
 
 CPU is each process's on-CPU time from /proc/<pid>/task/*/schedstat (nanoseconds, all threads,
 user and kernel together), not utime+stime (10 ms ticks), divided by the requests it served in
@@ -90,7 +97,7 @@ def start_gateway(
         [sys.executable, "-m", "gateway", "--config", str(cfg), "--port", str(port)],
         env={**env, "PYTHONPATH": str(checkout)},
         cwd=checkout,
-        log_path=work / f"gateway-{name}.log",
+        log_path=work / f"gateway-{name}-{port}.log",
     )
     url = f"http://127.0.0.1:{port}"
     wait_http_ok(f"{url}/readyz", 60, child.popen)
