@@ -398,7 +398,7 @@ class Head:
     """The start of one EVALSHA command in RESP, packed once: the array header, the SHA, the keys
     and the arguments that do not change between calls (a tenant's keys and plan numbers).
 
-    hiredis formats each argument's length with `sprintf`; valgrind counted about 1,450
+    hiredis formats each argument's length with `sprintf`; valgrind counted about 1,600
     instructions per argument, and admit and settle are 21 and 33 arguments with EVALSHA, the SHA
     and the key count (docs/results/gateway-instructions.md). A head cached per tenant leaves
     only the per-request values to pack.

@@ -47,6 +47,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from loadtest.bench.gateway_instructions import commit_of
 from loadtest.bench.gateway_overhead import ADMIN, bench_config, gateway_env, open_loop, start_upstream
 from servelab.procs import Child, free_port, start, wait_http_ok
 from servelab.redisproc import start_redis
@@ -75,16 +76,6 @@ def on_cpu_ns(pid: int) -> int:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that just ended
             total += int((task / "schedstat").read_text().split()[0])
     return total
-
-
-def commit_of(checkout: Path) -> str:
-    out = subprocess.run(
-        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(checkout), "status", "--porcelain", "--", "gateway"], capture_output=True, text=True
-    ).stdout.strip()
-    return out + ("+changes" if dirty else "")
 
 
 def start_gateway(

@@ -63,7 +63,8 @@ def _total_ir(path: Path) -> int:
     raise RuntimeError(f"no summary line in {path}")
 
 
-def _commit(checkout: Path) -> str:
+def commit_of(checkout: Path) -> str:
+    """The checkout's short HEAD, with "+changes" when its gateway/ has uncommitted edits."""
     out = subprocess.run(
         ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )
@@ -140,7 +141,7 @@ def count(
     idle_per_s = idle / idle_s
     return Count(
         checkout=str(checkout),
-        commit=_commit(checkout),
+        commit=commit_of(checkout),
         stream=stream,
         requests=requests,
         load_s=round(load_s, 2),
